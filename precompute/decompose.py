@@ -1,0 +1,210 @@
+"""Exact decomposition of a CLIP ViT image embedding into per-layer, per-head, per-token terms.
+
+The convention (DESIGN.md section 3). open_clip ViT, class-token pooling:
+x0 = ln_pre(patch + class/pos embeddings); block l adds ls_1 * attn(ln_1(x)) then
+ls_2 * mlp(ln_2(x)); e = ln_post(z) @ proj with z the final residual at the class
+token. z is the sum of
+
+- ``embed``: the class row of x0;
+- per layer l, head h, source token m: a[l,h,0,m] (W_V ln_1(x_m) + b_V) W_O[:, h]^T ls_1
+  (the class-token query row only; the value bias stays with its head);
+- per layer l: the attention output bias b_O ls_1;
+- per layer l: the MLP output at the class token.
+
+ln_post is linear once the image's own sigma is fixed, and its centring is
+linear, so every term x maps to
+
+    phi(x) = x @ Cg / (sigma * ||e||),   Cg = (I - 11^T / d) diag(gamma) proj
+
+plus one constant term beta @ proj / ||e|| for the LayerNorm bias. All terms sum
+to e / ||e||, the normalised image embedding, up to float32 round-off.
+
+A head's vector is r[l,h] = sum_m phi(term[l,h,m]). Per-head outputs are read
+from the input of ``attn.out_proj`` (custom open_clip attention blocks, see
+registry.py), so the token-summed decomposition costs no extra matmuls; per-token
+terms recompute the class-token attention row and the values of the chosen
+layers, and only when asked for.
+
+Dimension letters: b batch, L all layers, l chosen layers, h heads, t tokens,
+d residual width, e head width, D output width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from precompute.errors import ModelError
+from precompute.hooks import Hook, hooked
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Every term of the normalised image embedding, already mapped to output space."""
+
+    embedding: Tensor  # [b, D] normalised encode_image output
+    embed: Tensor  # [b, D] class row of x0
+    attn: Tensor  # [b, L, D] each block's whole attention output (heads + b_O)
+    mlp: Tensor  # [b, L, D] each block's MLP output
+    ln_bias: Tensor  # [b, D] beta @ proj / ||e||
+    layers: tuple[int, ...]  # absolute indices of the chosen layers
+    heads: Tensor  # [b, l, h, D] r[l,h], summed over tokens
+    attn_bias: Tensor  # [b, l, D] the b_O term of each chosen layer
+    tokens: Tensor | None  # [b, l, h, t, D] per-token terms, when asked for
+
+    def total(self) -> Tensor:
+        """Sum of all terms; equals ``embedding`` up to round-off."""
+        return self.embed + self.attn.sum(1) + self.mlp.sum(1) + self.ln_bias  # [b, D]
+
+
+def _layer_scale(module: torch.nn.Module, width: int) -> Tensor:
+    gamma = getattr(module, "gamma", None)
+    return gamma.detach().float() if gamma is not None else torch.ones(width)
+
+
+class Decomposer:
+    """Runs the model once per batch with capture hooks and returns a ``Decomposition``.
+
+    Built once per (model, layers): it precomputes the per-head readout matrices
+    A[l] = (W_O[:, h] * ls_1)^T @ Cg, shape [h, e, D], so a head's vector is one
+    small einsum of its output at the class token.
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int], spatial: bool = False):
+        visual = model.visual
+        self.model = model
+        self.visual = visual
+        self.blocks = list(visual.transformer.resblocks)
+        n = len(self.blocks)
+        self.layers = tuple(sorted(set(int(i) for i in layers)))
+        if not self.layers or any(not 0 <= i < n for i in self.layers):
+            raise ModelError(f"layers {list(layers)} out of range: the model has layers 0..{n - 1}")
+        self.spatial = spatial
+        attn0 = self.blocks[0].attn
+        if not hasattr(attn0, "out_proj") or not hasattr(attn0, "in_proj_weight") or not hasattr(attn0, "num_heads"):
+            raise ModelError("the vision tower has no recognisable attention blocks")
+        if type(attn0).__name__ != "Attention":
+            raise ModelError(
+                "the model uses fused nn.MultiheadAttention blocks; load it with precompute.registry.load_model "
+                "(which builds open_clip's custom attention blocks, same weights)"
+            )
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ModelError("only class-token pooling can be decomposed")
+        self.heads = attn0.num_heads
+        self.width = visual.transformer.width
+        self.head_width = self.width // self.heads
+        with torch.no_grad():
+            gamma = visual.ln_post.weight.detach().float()  # [d]
+            beta = visual.ln_post.bias.detach().float()  # [d]
+            proj = visual.proj.detach().float()  # [d, D]
+            readout = gamma[:, None] * proj  # [d, D]
+            self.cg = readout - readout.mean(0, keepdim=True)  # [d, D]: (I - 11^T/d) diag(gamma) proj
+            self.beta_out = beta @ proj  # [D]
+            self.eps = float(visual.ln_post.eps)
+            self.ls_attn = [_layer_scale(b.ls_1, self.width) for b in self.blocks]  # L x [d]
+            self.ls_mlp = [_layer_scale(b.ls_2, self.width) for b in self.blocks]  # L x [d]
+            self.readout_heads = {i: self._head_readout(i) for i in self.layers}  # l x [h, e, D]
+            self.bias_out = {
+                i: (self.blocks[i].attn.out_proj.bias.detach().float() * self.ls_attn[i]) @ self.cg
+                for i in self.layers
+            }  # l x [D]
+
+    def _head_readout(self, i: int) -> Tensor:
+        w_o = self.blocks[i].attn.out_proj.weight.detach().float()  # [d, d]: out = o @ W_O^T
+        w_o = (w_o * self.ls_attn[i][:, None]).view(self.width, self.heads, self.head_width)  # [d, h, e]
+        return torch.einsum("dhe,dD->heD", w_o, self.cg)  # [h, e, D]
+
+    def _hooks(self, store: dict) -> list[Hook]:
+        def save_output(key):
+            def fn(_module, _args, out):
+                store[key] = out[:, 0].to(dtype=torch.float32, copy=True)  # [b, d], not a view of [b, t, d]
+            return fn
+
+        def save_input(key, cls_only=True):
+            def fn(_module, args):
+                x = args[0]
+                x = (x[:, 0] if x.ndim == 3 else x) if cls_only else x
+                store[key] = x.to(dtype=torch.float32, copy=True)
+            return fn
+
+        hooks = [Hook(self.visual.ln_pre, "forward", save_output("embed"))]
+        for i, block in enumerate(self.blocks):
+            hooks.append(Hook(block.attn, "forward", save_output(("attn", i))))
+            hooks.append(Hook(block.mlp, "forward", save_output(("mlp", i))))
+            if i in self.readout_heads:
+                hooks.append(Hook(block.attn.out_proj, "forward_pre", save_input(("o", i))))
+                if self.spatial:
+                    hooks.append(Hook(block.attn, "forward_pre", save_input(("x", i), cls_only=False)))
+        hooks.append(Hook(self.visual.ln_post, "forward_pre", save_input("z")))
+        return hooks
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Decomposition:
+        store: dict = {}
+        dtype = next(self.visual.parameters()).dtype
+        with hooked(self._hooks(store)):
+            e = self.model.encode_image(images.to(dtype=dtype)).float()  # [b, D]
+        z = store["z"]  # [b, d]
+        sigma = torch.sqrt(z.var(-1, unbiased=False) + self.eps)  # [b]
+        norm = e.norm(dim=-1)  # [b]
+        scale = (sigma * norm)[:, None]  # [b, 1]
+        b = e.shape[0]
+        L = len(self.blocks)
+
+        embed = store["embed"] @ self.cg / scale  # [b, D]
+        attn = torch.stack([(store[("attn", i)] * self.ls_attn[i]) @ self.cg for i in range(L)], 1)  # [b, L, D]
+        mlp = torch.stack([(store[("mlp", i)] * self.ls_mlp[i]) @ self.cg for i in range(L)], 1)  # [b, L, D]
+        attn = attn / scale[:, None]
+        mlp = mlp / scale[:, None]
+        ln_bias = self.beta_out[None, :] / norm[:, None]  # [b, D]
+
+        heads = torch.stack(
+            [
+                torch.einsum("bhe,heD->bhD", store[("o", i)].view(b, self.heads, self.head_width), self.readout_heads[i])
+                for i in self.layers
+            ],
+            1,
+        ) / scale[:, None, None]  # [b, l, h, D]
+        attn_bias = torch.stack([self.bias_out[i].expand(b, -1) for i in self.layers], 1) / scale[:, None]  # [b, l, D]
+        tokens = None
+        if self.spatial:
+            tokens = torch.stack([self._token_terms(i, store[("x", i)]) for i in self.layers], 1)  # [b, l, h, t, D]
+            tokens = tokens / scale[:, None, None, None]
+        return Decomposition(e / norm[:, None], embed, attn, mlp, ln_bias, self.layers, heads, attn_bias, tokens)
+
+    def _token_terms(self, i: int, x: Tensor) -> Tensor:
+        """Per-token terms of layer i before the 1/(sigma ||e||) scale: [b, h, t, D]."""
+        attn = self.blocks[i].attn
+        b, t, d = x.shape
+        h, e = self.heads, self.head_width
+        w = attn.in_proj_weight.detach().float()  # [3d, d]
+        bias = attn.in_proj_bias.detach().float() if attn.in_proj_bias is not None else torch.zeros(3 * d)
+        q = (x[:, 0] @ w[:d].T + bias[:d]).view(b, h, e)  # [b, h, e], class-token query only
+        k = (x @ w[d:2 * d].T + bias[d:2 * d]).view(b, t, h, e)  # [b, t, h, e]
+        v = (x @ w[2 * d:].T + bias[2 * d:]).view(b, t, h, e)  # [b, t, h, e]
+        logits = torch.einsum("bhe,bthe->bht", q, k) * e ** -0.5  # [b, h, t]
+        a = logits.softmax(-1)  # [b, h, t]
+        head_scale = getattr(attn, "head_scale", None)
+        readout = self.readout_heads[i]  # [h, e, D]
+        if head_scale is not None:
+            readout = readout * head_scale.detach().float().view(h, 1, 1)
+        return a[..., None] * torch.einsum("bthe,heD->bhtD", v, readout)  # [b, h, t, D]
+
+
+def decompose(model: torch.nn.Module, images: Tensor, layers: Sequence[int], spatial: bool = False) -> Decomposition:
+    """One-shot convenience: build a Decomposer and run it on one batch."""
+    return Decomposer(model, layers, spatial=spatial)(images)
+
+
+def spatial_maps(tokens: Tensor, query: Tensor, grid: int) -> Tensor:
+    """Patch-token terms dotted with a query direction, on the patch grid.
+
+    tokens [..., t, D] (t = 1 + grid^2, token 0 the class token, dropped here);
+    query [D] (a normalised text embedding, or a difference of two). Returns [..., grid, grid].
+    """
+    patches = tokens[..., 1:, :]  # [..., grid^2, D]
+    scores = patches @ query  # [..., grid^2]
+    return scores.reshape(*scores.shape[:-1], grid, grid)  # [..., grid, grid]

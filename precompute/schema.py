@@ -1,0 +1,152 @@
+"""The contract between the precompute and the dashboard: file names, Arrow schemas, version.
+
+Every table a run writes is named and typed here, and nowhere else. Vectors are
+``list<float32>``; DuckDB views cast them to ``FLOAT[d]``. Layers are absolute,
+0-based block indices; heads are 0-based.
+
+A run directory (one model, one probe set) holds::
+
+    manifest.json                 what made the run (see store.py), stages done
+    images.parquet                IMAGES
+    image_embeddings.parquet      IMAGE_EMBEDDINGS
+    head_vectors/layer=L/head=H/part-NNNNN.parquet   HEAD_VECTORS (hive-partitioned)
+    texts.parquet                 TEXTS        (textspan stage)
+    head_texts.parquet            HEAD_TEXTS   (textspan stage)
+    head_labels.parquet           HEAD_LABELS  (label stage)
+    head_scores.parquet           HEAD_SCORES  (score stage)
+    model_scores.parquet          MODEL_SCORES (score stage)
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+MANIFEST = "manifest.json"
+IMAGES_FILE = "images.parquet"
+IMAGE_EMBEDDINGS_FILE = "image_embeddings.parquet"
+HEAD_VECTORS_DIR = "head_vectors"
+TEXTS_FILE = "texts.parquet"
+HEAD_TEXTS_FILE = "head_texts.parquet"
+HEAD_LABELS_FILE = "head_labels.parquet"
+HEAD_SCORES_FILE = "head_scores.parquet"
+MODEL_SCORES_FILE = "model_scores.parquet"
+
+VECTOR = pa.list_(pa.float32())
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the probe folder, '/' separated
+        pa.field("label", pa.string()),  # parent folder name when the folder is laid out as class folders
+        pa.field("width", pa.int32(), nullable=False),  # of the original file
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("thumbnail", pa.binary(), nullable=False),  # JPEG, longest side <= THUMBNAIL_SIZE
+    ]
+)
+THUMBNAIL_SIZE = 160
+
+IMAGE_EMBEDDINGS = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("embedding", VECTOR, nullable=False),  # normalised encode_image output
+    ]
+)
+
+# Stored under head_vectors/layer=L/head=H/: layer and head live in the path, not in the file.
+HEAD_VECTORS_FILE = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("vector", VECTOR, nullable=False),  # r[l,h]: the head's direct effect, summed over tokens
+    ]
+)
+# What a reader sees with hive partitioning on.
+HEAD_VECTORS = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("vector", VECTOR, nullable=False),
+    ]
+)
+
+TEXTS = pa.schema(
+    [
+        pa.field("text_id", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("property", pa.string()),
+        pa.field("embedding", VECTOR, nullable=False),  # normalised encode_text output
+    ]
+)
+
+HEAD_TEXTS = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1-based pick order
+        pa.field("text_id", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("property", pa.string()),
+        pa.field("variance_explained", pa.float32(), nullable=False),  # cumulative, 0..1
+    ]
+)
+
+HEAD_LABELS = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("property", pa.string(), nullable=False),  # 'mixed' when no property dominates
+        pa.field("association", pa.float32()),  # share of the top-5 texts with this property
+        pa.field("ccs5", pa.int32()),  # how many of the top 5 texts have this property, 0..5
+        pa.field("labeller", pa.string(), nullable=False),  # pool | llm | manual
+        pa.field("provenance", pa.string(), nullable=False),  # JSON: who/what made the label
+    ]
+)
+
+HEAD_SCORES = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("property", pa.string(), nullable=False),
+        pa.field("association", pa.float32()),
+        pa.field("ccs5", pa.int32()),
+        pa.field("entangled", pa.bool_()),  # property shared with another head (null when mixed)
+        pa.field("variance_top5", pa.float32()),
+        pa.field("variance_topk", pa.float32()),
+        pa.field("head_variance", pa.float32()),  # trace of the head's covariance: its share of the embedding
+        pa.field("best_attribute", pa.string()),  # probe-set attribute that best separates the head (toy world)
+        pa.field("best_attribute_r2", pa.float32()),
+        pa.field("label_agrees", pa.bool_()),  # label == best_attribute (null without ground truth or when mixed)
+    ]
+)
+
+MODEL_SCORES = pa.schema(
+    [
+        pa.field("run", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("pretrained", pa.string(), nullable=False),
+        pa.field("layers", pa.string(), nullable=False),  # e.g. '8,9,10,11'
+        pa.field("n_heads", pa.int32(), nullable=False),
+        pa.field("n_labelled", pa.int32(), nullable=False),  # heads not 'mixed'
+        pa.field("n_properties", pa.int32(), nullable=False),  # distinct properties among labelled heads
+        pa.field("association", pa.float32()),  # mean over labelled heads
+        pa.field("entanglement", pa.float32()),  # share of labelled heads whose property another head has
+        pa.field("ccs5_mean", pa.float32()),
+        pa.field("variance_top5", pa.float32()),  # mean over heads
+        pa.field("variance_topk", pa.float32()),
+        pa.field("zeroshot_intact", pa.float32()),  # class-labelled probe sets only
+        pa.field("zeroshot_replaced", pa.float32()),  # analysed heads replaced by their TEXTSPAN reconstruction
+        pa.field("label_agreement", pa.float32()),  # toy world: share of labelled heads whose label == best_attribute
+    ]
+)
+
+TABLES = {
+    IMAGES_FILE: IMAGES,
+    IMAGE_EMBEDDINGS_FILE: IMAGE_EMBEDDINGS,
+    TEXTS_FILE: TEXTS,
+    HEAD_TEXTS_FILE: HEAD_TEXTS,
+    HEAD_LABELS_FILE: HEAD_LABELS,
+    HEAD_SCORES_FILE: HEAD_SCORES,
+    MODEL_SCORES_FILE: MODEL_SCORES,
+}

@@ -1,0 +1,315 @@
+"""The decompose stage: a folder of images -> images, embeddings and head vectors in a run directory.
+
+Resumable: the plan (which files, in which chunks) is written before any work;
+each chunk's files are written before its DONE marker; a restarted run skips
+finished chunks and redoes the rest. See store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from precompute import schema, store
+from precompute.decompose import Decomposer
+from precompute.errors import RunDirError
+from precompute.images import Decoded, ImageFolderDataset, collate, discover
+from precompute.registry import LoadedModel, parse_layers
+
+STAGE = "decompose"
+
+
+@dataclass(frozen=True)
+class DecomposeOptions:
+    images: Path
+    out: Path
+    layers: str | None = None  # '-4:' or '8,9,10,11'; default the last 4
+    limit: int | None = None
+    batch_size: int = 16
+    workers: int = 1
+    chunk_size: int = 512
+    progress: bool = True
+
+
+@dataclass
+class DecomposeSummary:
+    run_dir: Path
+    images: int  # rows in images.parquet
+    skipped: list[dict] = field(default_factory=list)
+    ignored: int = 0
+    seconds: float = 0.0
+    computed: int = 0  # images decomposed by this call (0 when the run was already complete)
+    already_complete: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def versions() -> dict:
+    import duckdb
+    import open_clip
+
+    from precompute import __version__
+
+    return {"clip_interpret": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__,
+            "pyarrow": pa.__version__, "duckdb": duckdb.__version__, "python": platform.python_version()}
+
+
+def model_record(loaded: LoadedModel) -> dict:
+    """What identifies the model of a run (compared on resume) plus its geometry."""
+    w = loaded.spec.weights
+    info = loaded.info
+    return {
+        "architecture": loaded.spec.architecture,
+        "pretrained": w.describe(),
+        "weights_kind": w.kind,
+        "weights_sha256": loaded.weights_sha256,
+        "precision": loaded.spec.precision,
+        "embed_dim": info.embed_dim,
+        "layers_total": info.layers,
+        "heads": info.heads,
+        "width": info.width,
+        "head_width": info.head_width,
+        "image_size": info.image_size,
+        "patch_size": info.patch_size,
+        "grid": info.grid,
+        "quick_gelu": info.quick_gelu,
+    }
+
+
+def _identity(model: dict) -> dict:
+    return {k: model[k] for k in ("architecture", "pretrained", "weights_sha256")}
+
+
+def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | None:
+    """Refuse a run dir made by another model or other layers; return its manifest if it is ours."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} exists and is a file")
+    manifest = store.read_manifest(run_dir)
+    if manifest is None:
+        if any(run_dir.iterdir()):
+            raise RunDirError(f"--out {run_dir} exists, is not empty and is not a run folder; pick another --out")
+        return None
+    theirs = _identity(manifest.get("model", {})) if "model" in manifest else {}
+    ours = _identity(model)
+    if theirs != ours:
+        diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k])
+        raise RunDirError(f"{run_dir} holds a run of another model ({diff}); pick another --out")
+    if manifest.get("layers") != layers:
+        raise RunDirError(
+            f"{run_dir} holds layers {manifest.get('layers')}, this call asks for {layers}; pick another --out"
+        )
+    return manifest
+
+
+def _plan_key(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSummary:
+    run_dir = Path(opts.out)
+    layers = list(parse_layers(opts.layers, loaded.info.layers))
+    model = model_record(loaded)
+    manifest = _check_existing(run_dir, model, layers)
+    root = Path(opts.images).resolve()
+    found = discover(root, opts.limit)
+    chunks = store.ChunkStore(run_dir, STAGE)
+
+    plan = {
+        "images_root": str(root), "limit": opts.limit, "chunk_size": opts.chunk_size, "layers": layers,
+        "model": _identity(model),
+        "paths": [e.path for e in found.entries], "labels": [e.label for e in found.entries],
+    }
+    key = _plan_key({k: v for k, v in plan.items() if k != "chunk_size"})
+    stage = (manifest or {}).get("stages", {}).get(STAGE, {})
+    if stage.get("done") and stage.get("key") == key:
+        return DecomposeSummary(run_dir, manifest["images"]["count"], manifest["images"]["skipped"],
+                                len(found.ignored), already_complete=True)
+    if chunks.plan_path().is_file():
+        saved = json.loads(chunks.plan_path().read_text())
+        if saved.get("key") != key:
+            old = saved["plan"]
+            raise RunDirError(
+                f"{run_dir} has an unfinished run with other inputs ({old['images_root']}, "
+                f"{len(old['paths'])} images, --limit {old['limit']}); rerun that command to finish it, "
+                "or pick another --out"
+            )
+        plan = saved["plan"]
+    elif stage.get("done"):
+        raise RunDirError(f"{run_dir} already holds a decompose of other images; pick another --out")
+    else:
+        store.write_json_atomic(chunks.plan_path(), {"key": key, "plan": plan})
+
+    if manifest is None:
+        manifest = store.new_manifest(model=model, layers=layers, heads=loaded.info.heads)
+    manifest.update(model=model, layers=layers, heads=loaded.info.heads, versions=versions())
+    manifest["images"] = {"root": plan["images_root"], "planned": len(plan["paths"]), "limit": opts.limit,
+                          "labelled": found.labelled, "count": None, "skipped": []}
+    manifest["stages"][STAGE] = {"done": False, "key": key, "started": store.now()}
+    store.write_manifest(run_dir, manifest)
+
+    t0 = time.perf_counter()
+    computed = _compute_chunks(loaded, layers, plan, chunks, run_dir, opts)
+    seconds = time.perf_counter() - t0
+    count, skipped = _consolidate(run_dir, chunks, len(plan["paths"]), plan["chunk_size"])
+
+    manifest["images"].update(count=count, skipped=skipped, ignored=[list(x) for x in found.ignored[:100]],
+                              ignored_count=len(found.ignored))
+    timings = manifest.setdefault("timings", {})
+    timings[STAGE] = {"seconds": round(seconds, 2), "images": computed,
+                      "images_per_second": round(computed / seconds, 2) if seconds else None}
+    manifest["stages"][STAGE] = {"done": True, "key": key, "finished": store.now()}
+    store.write_manifest(run_dir, manifest)
+    chunks.clear()
+    return DecomposeSummary(run_dir, count, skipped, len(found.ignored), seconds, computed)
+
+
+def _chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Path, opts: DecomposeOptions) -> int:
+    paths, labels = plan["paths"], plan["labels"]
+    bounds = _chunk_bounds(len(paths), plan["chunk_size"])
+    todo = [c for c in range(len(bounds)) if not chunks.is_done(c)]
+    done_images = sum(bounds[c][1] - bounds[c][0] for c in range(len(bounds)) if c not in todo)
+    if not todo:
+        return 0
+    for c in todo:
+        chunks.reset(c)
+    batches = [
+        list(range(s, min(s + opts.batch_size, bounds[c][1])))
+        for c in todo
+        for s in range(bounds[c][0], bounds[c][1], opts.batch_size)
+    ]  # never straddle a chunk boundary
+    dataset = ImageFolderDataset(plan["images_root"], paths, list(range(len(paths))), loaded.preprocess)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=opts.workers, collate_fn=collate,
+        worker_init_fn=_worker_init if opts.workers else None, persistent_workers=False,
+    )
+    decomposer = Decomposer(loaded.model, layers)
+    device = next(loaded.model.parameters()).device
+    bar = tqdm(total=len(paths), initial=done_images, unit="img", desc="decompose", disable=not opts.progress,
+               dynamic_ncols=True)
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: Future | None = None
+    computed = 0
+    acc = _ChunkAccumulator()
+    chunk_of = {c: bounds[c] for c in todo}
+    current = todo[0]
+    try:
+        for items in loader:
+            items: list[Decoded]
+            acc.add(items, paths, labels, decomposer, device)
+            computed += len(items)
+            bar.update(len(items))
+            bar.set_postfix(skipped=acc.total_skipped, refresh=False)
+            if items[-1].index + 1 == chunk_of[current][1]:
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_chunk, run_dir, chunks, current, layers, acc.take())
+                nxt = todo.index(current) + 1
+                current = todo[nxt] if nxt < len(todo) else current
+        if pending is not None:
+            pending.result()
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+    return computed
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class _ChunkAccumulator:
+    """Collects one chunk's rows in memory until it is written."""
+
+    def __init__(self):
+        self.total_skipped = 0
+        self._reset()
+
+    def _reset(self):
+        self.rows: dict[str, list] = {"image_id": [], "path": [], "label": [], "width": [], "height": [], "thumbnail": []}
+        self.embeddings: list[np.ndarray] = []
+        self.heads: list[np.ndarray] = []
+        self.skipped: list[dict] = []
+
+    def add(self, items: list[Decoded], paths, labels, decomposer: Decomposer, device) -> None:
+        good = [it for it in items if it.error is None]
+        for it in items:
+            if it.error is not None:
+                self.skipped.append({"path": paths[it.index], "reason": it.error})
+                self.total_skipped += 1
+        if not good:
+            return
+        batch = torch.stack([it.tensor for it in good]).to(device)  # [b, 3, H, W]
+        dec = decomposer(batch)
+        self.embeddings.append(dec.embedding.cpu().numpy())  # [b, D]
+        self.heads.append(dec.heads.cpu().numpy())  # [b, l, h, D]
+        for it in good:
+            self.rows["image_id"].append(it.index)
+            self.rows["path"].append(paths[it.index])
+            self.rows["label"].append(labels[it.index])
+            self.rows["width"].append(it.width)
+            self.rows["height"].append(it.height)
+            self.rows["thumbnail"].append(it.thumbnail)
+
+    def take(self) -> tuple[dict, np.ndarray | None, np.ndarray | None, list[dict]]:
+        out = (self.rows, np.concatenate(self.embeddings) if self.embeddings else None,
+               np.concatenate(self.heads) if self.heads else None, self.skipped)
+        self._reset()
+        return out
+
+
+VECTOR_SPLIT = ["vector.list.element"]
+EMBEDDING_SPLIT = ["embedding.list.element"]
+
+
+def _write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: list[int], payload) -> None:
+    rows, embeddings, heads, skipped = payload
+    ids = pa.array(rows["image_id"], pa.int64())
+    if heads is not None:
+        for li, layer in enumerate(layers):
+            for h in range(heads.shape[2]):
+                table = pa.Table.from_arrays([ids, store.vectors_to_arrow(heads[:, li, h])],
+                                             schema=schema.HEAD_VECTORS_FILE)
+                store.write_table_atomic(store.head_part_path(run_dir, layer, h, chunk), table, VECTOR_SPLIT)
+        emb = pa.Table.from_arrays([ids, store.vectors_to_arrow(embeddings)], schema=schema.IMAGE_EMBEDDINGS)
+        store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGE_EMBEDDINGS_FILE, emb, EMBEDDING_SPLIT)
+    images = pa.Table.from_pydict(rows, schema=schema.IMAGES)
+    store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGES_FILE, images)
+    store.write_json_atomic(chunks.chunk_dir(chunk) / "skipped.json", skipped)
+    chunks.mark_done(chunk)
+
+
+def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: int) -> tuple[int, list[dict]]:
+    """Merge the chunks' image and embedding tables into the run's final files."""
+    images, embeddings, skipped = [], [], []
+    for c in range(len(_chunk_bounds(n, chunk_size))):
+        d = chunks.chunk_dir(c)
+        if not chunks.is_done(c):
+            raise RunDirError(f"chunk {c} of {run_dir} is not finished; rerun the same command to finish it")
+        images.append(pq.read_table(d / schema.IMAGES_FILE))
+        if (d / schema.IMAGE_EMBEDDINGS_FILE).is_file():
+            embeddings.append(pq.read_table(d / schema.IMAGE_EMBEDDINGS_FILE))
+        skipped.extend(json.loads((d / "skipped.json").read_text()))
+    image_table = pa.concat_tables(images) if images else schema.IMAGES.empty_table()
+    store.write_table_atomic(run_dir / schema.IMAGES_FILE, image_table)
+    emb_table = pa.concat_tables(embeddings) if embeddings else schema.IMAGE_EMBEDDINGS.empty_table()
+    store.write_table_atomic(run_dir / schema.IMAGE_EMBEDDINGS_FILE, emb_table, EMBEDDING_SPLIT)
+    return image_table.num_rows, skipped

@@ -1,0 +1,162 @@
+"""Model loading: weights sources, offline tags, refusals with useful messages."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from precompute import registry
+from precompute.errors import InputError, ModelError, OfflineError
+from precompute.registry import ModelSpec, WeightsSource, load_model, parse_layers, parse_weights
+
+
+def test_unknown_architecture_lists_close_matches():
+    with pytest.raises(ModelError) as e:
+        registry.model_config("ViT-B-33", WeightsSource("none"))
+    assert "ViT-B-32" in str(e.value) and "clip-interpret models" in str(e.value)
+
+
+def test_offline_tag_fails_fast_without_trying_to_download(monkeypatch):
+    def no_download(*a, **k):  # pragma: no cover - reached only if the offline check is missing
+        raise AssertionError("tried to build/download the model")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_download)
+    monkeypatch.setattr(registry, "_cached_tag_file", lambda *a: None)
+    spec = ModelSpec("ViT-B-32", parse_weights("ViT-B-32", "openai"))
+    assert spec.weights == WeightsSource("tag", "openai")
+    with pytest.raises(OfflineError) as e:
+        load_model(spec)
+    msg = str(e.value)
+    assert "local-dir:" in msg and "weights file" in msg and "openai" in msg
+
+
+def test_offline_probe_honours_hf_hub_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry._hub_reachable() is False
+
+
+@pytest.mark.parametrize("arch,needle", [
+    ("convnext_base", "timm"),
+    ("RN50", "ResNet"),
+    ("ViT-B-16-SigLIP", "timm"),
+    ("coca_ViT-B-32", "attentional pooler"),
+    ("vit_medium_patch16_gap_256", "timm"),
+])
+def test_non_decomposable_models_are_refused_naming_what_is_supported(arch, needle):
+    with pytest.raises(ModelError) as e:
+        load_model(ModelSpec(arch, WeightsSource("none")))
+    assert needle in str(e.value) and "Supported:" in str(e.value)
+
+
+def test_pooling_other_than_tok_is_refused():
+    cfg = {"vision_cfg": {"layers": 2, "width": 64, "pool_type": "avg"}, "text_cfg": {}, "embed_dim": 8}
+    assert "pools with 'avg'" in registry.decomposability(cfg)
+
+
+def test_parse_weights_kinds(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    assert parse_weights("test-tiny", str(f)) == WeightsSource("file", str(f.resolve()))
+    assert parse_weights("test-tiny", f"local-dir:{tmp_path}") == WeightsSource("local-dir", str(tmp_path.resolve()))
+    assert parse_weights("test-tiny", None, random_init=True) == WeightsSource("none", "0")
+    assert parse_weights("ViT-B-32", "OpenAI") == WeightsSource("tag", "openai")
+
+
+@pytest.mark.parametrize("pretrained,needle", [
+    ("/nowhere/model.safetensors", "not found"),
+    ("local-dir:/nowhere", "not found"),
+    ("laion9000", "known tags for ViT-B-32: openai"),
+])
+def test_parse_weights_errors(pretrained, needle):
+    with pytest.raises(InputError, match=needle):
+        parse_weights("ViT-B-32", pretrained)
+
+
+def test_parse_weights_requires_a_source_for_models_without_shipped_weights():
+    with pytest.raises(InputError, match="--random-init"):
+        parse_weights("ViT-B-32", None)
+    with pytest.raises(InputError, match="exclude"):
+        parse_weights("ViT-B-32", "openai", random_init=True)
+
+
+def test_wrong_file_type_is_refused(tmp_path):
+    f = tmp_path / "weights.txt"
+    f.write_text("hello")
+    with pytest.raises(InputError, match="unknown weights file type"):
+        parse_weights("test-tiny", str(f))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_weights_file_loads_the_same_weights(tmp_path, suffix):
+    torch.manual_seed(3)
+    src = load_model(ModelSpec("test-tiny", WeightsSource("none")))
+    path = tmp_path / f"tiny{suffix}"
+    state = {k: v.contiguous() for k, v in src.model.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    loaded = load_model(ModelSpec("test-tiny", parse_weights("test-tiny", str(path))))
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert loaded.weights_sha256 == registry.file_sha256(path)
+
+
+def test_local_dir_folder_loads_with_its_own_config(tmp_path):
+    import json
+
+    torch.manual_seed(4)
+    src = load_model(ModelSpec("test-tiny", WeightsSource("none")))
+    cfg = open_clip.get_model_config("test-tiny")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    loaded = load_model(ModelSpec("anything", parse_weights("anything", f"local-dir:{tmp_path}")))
+    assert loaded.info.layers == 3 and loaded.info.heads == 4
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_image(x), src.model.encode_image(x), atol=1e-6)
+
+
+def test_random_init_is_seeded():
+    a = load_model(ModelSpec("test-tiny", parse_weights("test-tiny", None, True, seed=1))).model.state_dict()
+    b = load_model(ModelSpec("test-tiny", parse_weights("test-tiny", None, True, seed=1))).model.state_dict()
+    c = load_model(ModelSpec("test-tiny", parse_weights("test-tiny", None, True, seed=2))).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_models_are_built_with_custom_attention_blocks():
+    loaded = load_model(ModelSpec("test-tiny", WeightsSource("none")))
+    assert type(loaded.model.visual.transformer.resblocks[0].attn).__name__ == "Attention"
+    assert not loaded.model.training
+
+
+def test_device_and_precision_checks():
+    assert registry.resolve_device("cpu") == "cpu"
+    with pytest.raises(InputError, match="unknown device"):
+        registry.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            registry.resolve_device("cuda")
+    with pytest.raises(InputError, match="needs a GPU"):
+        registry.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("spec,expected", [
+    (None, (8, 9, 10, 11)), ("-4:", (8, 9, 10, 11)), ("8,9,10,11", (8, 9, 10, 11)), ("11", (11,)),
+    ("-1", (11,)), ("0:2", (0, 1)), ("::4", (0, 4, 8)),
+])
+def test_parse_layers(spec, expected):
+    assert parse_layers(spec, 12) == expected
+
+
+@pytest.mark.parametrize("spec", ["12", "a,b", "1:2:3:4", "20:"])
+def test_parse_layers_errors(spec):
+    with pytest.raises(InputError, match="--layers"):
+        parse_layers(spec, 12)
+
+
+def test_catalogue_marks_decomposable_models():
+    cat = {e.architecture: e for e in registry.catalogue()}
+    assert cat["ViT-B-32"].decomposable and "openai" in cat["ViT-B-32"].tags
+    assert not cat["RN50"].decomposable
+    assert cat["test-tiny"].project
