@@ -55,14 +55,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def write_table_atomic(path: Path, table: pa.Table, byte_stream_split: list[str] | None = None) -> None:
-    """Write Parquet atomically; float vector columns use BYTE_STREAM_SPLIT, which zstd compresses far better."""
+def write_table_atomic(path: Path, table: pa.Table, byte_stream_split: list[str] | None = None,
+                       row_group_size: int | None = None) -> None:
+    """Write Parquet atomically; float vector columns use BYTE_STREAM_SPLIT, which zstd compresses far better.
+
+    Small row groups (``row_group_size``) let readers skip most of a big table when they look up a few rows.
+    """
     fd, tmp = _atomic_target(path)
     os.close(fd)
     try:
         pq.write_table(
             table, tmp, use_dictionary=False if byte_stream_split else True,
-            use_byte_stream_split=byte_stream_split or False, **PARQUET_OPTIONS,
+            use_byte_stream_split=byte_stream_split or False, row_group_size=row_group_size, **PARQUET_OPTIONS,
         )
         os.replace(tmp, path)
     except BaseException:

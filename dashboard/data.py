@@ -1,0 +1,256 @@
+"""The dashboard's data layer: a DuckDB connection over the runs, and one function per query.
+
+``connect(data_dir)`` finds the runs (``dashboard.rundirs``: folders holding a
+``manifest.json`` at most three levels down, named by their relative path) and
+creates the views of ``dashboard.views`` in an in-memory DuckDB:
+
+- ``runs`` (one row per run) and ``run_problems`` (runs skipped, tables unreadable);
+- one union view per table of ``precompute/schema.py`` (images, image_embeddings,
+  head_vectors, texts, head_texts, head_labels, head_scores, model_scores) with a
+  leading ``run`` column, present with zero rows when no run has the table;
+- one schema per run, ``"<run>".head_vectors`` etc., with that run's views only.
+
+Vectors are ``FLOAT[d]`` in a run's schema, so ``array_cosine_similarity`` and
+``array_inner_product`` work; the union views hold ``FLOAT[d]`` when every run has
+the same width d and ``FLOAT[]`` lists when widths differ (then query one run's
+schema, or use ``list_cosine_similarity``). ``EXAMPLE_QUERIES`` shows both.
+
+The query functions below take the connection and open their own cursor each
+(Streamlit runs sessions in threads); values are ``?`` parameters. A query about one
+run reads that run's files only, listed in ``_catalog.files``, with
+``read_parquet(?)``: a ``run = ?`` filter on a union view cannot prune the other runs
+(a parameter is not a constant when the plan is made), so one corrupt or huge run
+would slow or break every page. ``head_vectors`` opens only that head's files.
+Ad hoc SQL from users goes through ``dashboard.user_sql``, never this connection.
+"""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from dashboard.rundirs import discover_runs
+from dashboard.views import VIEW_SCHEMAS, create_views
+from precompute import schema
+from precompute.errors import InputError
+
+RUNS_SQL = "SELECT * FROM runs"
+RUN_SQL = "SELECT * FROM runs WHERE run = ?"
+PROBLEMS_SQL = "SELECT path, problem FROM run_problems ORDER BY path"
+TABLE_FILES_SQL = 'SELECT path FROM _catalog.files WHERE run = ? AND "table" = ? ORDER BY path'
+HEAD_FILES_SQL = ('SELECT path FROM _catalog.files WHERE run = ? AND "table" = ? AND layer = ? AND head = ? '
+                  "ORDER BY path")
+# The statements below read one run's files: the first parameter is their list.
+HEAD_VECTORS_SQL = "SELECT image_id, vector FROM read_parquet(?, hive_partitioning = false)"
+IMAGE_EMBEDDINGS_SQL = "SELECT image_id, embedding FROM read_parquet(?, hive_partitioning = false)"
+THUMBNAILS_SQL = ("SELECT image_id, thumbnail FROM read_parquet(?, hive_partitioning = false) "
+                  "WHERE list_contains(?, image_id)")
+IMAGE_META_SQL = ("SELECT image_id, path, label, width, height FROM read_parquet(?, hive_partitioning = false) "
+                  "ORDER BY image_id")
+TEXTS_SQL = "SELECT * FROM read_parquet(?, hive_partitioning = false) ORDER BY text_id"
+HEAD_TEXTS_SQL = ("SELECT * FROM read_parquet(?, hive_partitioning = false) WHERE layer = ? AND head = ? "
+                  "ORDER BY rank")
+HEAD_TABLE_SQL = "SELECT * FROM read_parquet(?, hive_partitioning = false) ORDER BY layer, head"
+MODEL_SCORES_SQL = "SELECT * FROM model_scores ORDER BY run"
+
+EXAMPLE_QUERIES: tuple[tuple[str, str], ...] = (
+    ("Runs", "SELECT run, architecture, pretrained, embed_dim, layers, heads, image_count, stages\nFROM runs"),
+    ("Models by association score",
+     "SELECT run, model, pretrained, association, entanglement, n_labelled\nFROM model_scores\n"
+     "ORDER BY association DESC NULLS LAST"),
+    ("Each head's label and its top texts",
+     "SELECT l.run, l.layer, l.head, l.property, l.association,\n"
+     "       string_agg(t.text, ' | ' ORDER BY t.rank) AS top_texts\n"
+     "FROM head_labels AS l JOIN head_texts AS t USING (run, layer, head)\n"
+     "WHERE t.rank <= 5\nGROUP BY ALL\nORDER BY l.run, l.layer, l.head"),
+    ("Nearest images by one head's vector (FLOAT[d] arrays)",
+     "-- The 5 images closest (cosine) to the first image, by head 0 of each run's last layer.\n"
+     "-- Union views hold FLOAT[d] when every run has the same width d; otherwise query one\n"
+     "-- run's schema, e.g. FROM \"my-run\".head_vectors, or use list_cosine_similarity.\n"
+     "WITH target AS (\n"
+     "    SELECT v.run, v.layer, v.head, v.image_id, v.vector\n"
+     "    FROM head_vectors AS v JOIN runs AS r ON v.run = r.run AND v.layer = list_max(r.layers)\n"
+     "    WHERE v.head = 0 AND v.image_id = (SELECT min(image_id) FROM images)\n)\n"
+     "SELECT v.run, v.layer, v.head, t.image_id AS query_image, v.image_id,\n"
+     "       array_cosine_similarity(v.vector, t.vector) AS similarity\n"
+     "FROM head_vectors AS v JOIN target AS t USING (run, layer, head)\n"
+     "QUALIFY row_number() OVER (PARTITION BY v.run ORDER BY similarity DESC) <= 5\n"
+     "ORDER BY v.run, similarity DESC"),
+    ("Best text for a few images (image and text embeddings)",
+     "WITH sample AS (\n"
+     "    SELECT * FROM image_embeddings\n"
+     "    QUALIFY row_number() OVER (PARTITION BY run ORDER BY image_id) <= 5\n)\n"
+     "SELECT s.run, s.image_id, t.text, array_inner_product(s.embedding, t.embedding) AS score\n"
+     "FROM sample AS s JOIN texts AS t USING (run)\n"
+     "QUALIFY row_number() OVER (PARTITION BY s.run, s.image_id ORDER BY score DESC) = 1\n"
+     "ORDER BY s.run, s.image_id"),
+)
+
+
+def connect(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the views of the module docstring over the runs under ``data_dir``."""
+    con = duckdb.connect()
+    create_views(con, discover_runs(data_dir))
+    return con
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | tuple = ()) -> pa.Table:
+    """Run one query on its own cursor and return Arrow."""
+    cur = con.cursor()
+    try:
+        return cur.sql(sql, params=list(params)).to_arrow_table()
+    finally:
+        cur.close()
+
+
+def runs(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The ``runs`` view, ordered by run name."""
+    return _fetch(con, RUNS_SQL)
+
+
+def run_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What was skipped or unreadable, one 'path: problem' line each."""
+    return [f"{r['path']}: {r['problem']}" for r in _fetch(con, PROBLEMS_SQL).to_pylist()]
+
+
+def run_info(con: duckdb.DuckDBPyConnection, run: str) -> dict:
+    """The ``runs`` row of ``run``; InputError naming the runs there are when it is unknown."""
+    rows = _fetch(con, RUN_SQL, [run]).to_pylist()
+    if not rows:
+        names = _fetch(con, RUNS_SQL).column("run").to_pylist()
+        raise InputError(f"no run named {run!r}; runs: {', '.join(names) or 'none yet (run the precompute first)'}")
+    return rows[0]
+
+
+def run_files(con: duckdb.DuckDBPyConnection, run: str, table: str) -> list[str]:
+    """The Parquet files of one run's table ([] when the run lacks it); InputError for an unknown run."""
+    files = _fetch(con, TABLE_FILES_SQL, [run, table]).column("path").to_pylist()
+    if not files:
+        run_info(con, run)  # raises for a run that does not exist
+    return files
+
+
+def _run_table(con: duckdb.DuckDBPyConnection, run: str, table: str, sql: str, params: list | tuple = (),
+               columns: list[str] | None = None) -> pa.Table:
+    """``sql`` over one run's files of ``table``; an empty table of the schema's columns when it has none."""
+    files = run_files(con, run, table)
+    if not files:
+        empty = VIEW_SCHEMAS[table].empty_table()
+        return empty.select(columns) if columns else empty
+    return _fetch(con, sql, [files, *params])
+
+
+def _stages(con: duckdb.DuckDBPyConnection, run: str) -> str:
+    return ", ".join(run_info(con, run)["stages"]) or "none"
+
+
+def to_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """A list or fixed-size-list column of n float vectors -> float32 [n, d], copying at most once."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # [n * d]
+    d = dim if dim is not None else (len(values) // n if n else 0)
+    if len(values) != n * d:
+        raise ValueError(f"{n} vectors do not share one width d={d}: {len(values)} values in all")
+    return values.reshape(n, d)  # [n, d]
+
+
+def _ids_and_vectors(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image_id int64 [n], column as float32 [n, d]), sorted by image id (parts may come in any order)."""
+    ids = table.column("image_id").to_numpy().astype(np.int64, copy=False)
+    vectors = to_matrix(table.column(column))  # [n, d]
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], vectors[order]
+    return ids, vectors
+
+
+def head_vectors(con: duckdb.DuckDBPyConnection, run: str, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image_ids int64 [n], vectors float32 [n, d]) of one head, sorted by image id; reads only its files."""
+    params = [run, schema.HEAD_VECTORS_DIR, int(layer), int(head)]
+    files = _fetch(con, HEAD_FILES_SQL, params).column("path").to_pylist()
+    if not files:
+        info = run_info(con, run)
+        layers = ", ".join(map(str, info["layers"] or [])) or "none listed"
+        heads = f"0..{info['heads'] - 1}" if info["heads"] else "unknown"
+        raise InputError(f"run {run!r} has no head vectors for layer {layer} head {head}; its manifest lists "
+                         f"layers {layers}, heads {heads} (stages done: {_stages(con, run)})")
+    return _ids_and_vectors(_fetch(con, HEAD_VECTORS_SQL, [files]), "vector")
+
+
+def image_embeddings(con: duckdb.DuckDBPyConnection, run: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image_ids int64 [n], normalised image embeddings float32 [n, d]) of a run, sorted by image id."""
+    files = run_files(con, run, "image_embeddings")
+    if not files:
+        raise InputError(f"run {run!r} has no image embeddings yet (stages done: {_stages(con, run)})")
+    return _ids_and_vectors(_fetch(con, IMAGE_EMBEDDINGS_SQL, [files]), "embedding")
+
+
+def thumbnails(con: duckdb.DuckDBPyConnection, run: str, image_ids) -> list[bytes | None]:
+    """JPEG thumbnails in the order of ``image_ids``; None for an id the run does not have."""
+    wanted = [int(i) for i in image_ids]
+    found = _run_table(con, run, "images", THUMBNAILS_SQL, [wanted], ["image_id", "thumbnail"]).to_pydict()
+    by_id = dict(zip(found["image_id"], found["thumbnail"]))
+    return [by_id.get(i) for i in wanted]
+
+
+def image_meta(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
+    """image_id, path, label, width, height of every image of a run (no thumbnails)."""
+    return _run_table(con, run, "images", IMAGE_META_SQL, columns=["image_id", "path", "label", "width", "height"])
+
+
+def texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
+    """The run's text pool: text_id, text, property, embedding (list<float>; ``to_matrix`` makes [m, d])."""
+    return _run_table(con, run, "texts", TEXTS_SQL)
+
+
+def head_texts(con: duckdb.DuckDBPyConnection, run: str, layer: int, head: int) -> pa.Table:
+    """One head's TEXTSPAN picks in rank order."""
+    return _run_table(con, run, "head_texts", HEAD_TEXTS_SQL, [int(layer), int(head)])
+
+
+def head_labels(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
+    """Every labelled head of a run, by layer and head."""
+    return _run_table(con, run, "head_labels", HEAD_TABLE_SQL)
+
+
+def head_scores(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
+    """Per-head scores of a run, by layer and head."""
+    return _run_table(con, run, "head_scores", HEAD_TABLE_SQL)
+
+
+def model_scores(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """One row of model scores per scored run, ``run`` being the run's name (folder)."""
+    return _fetch(con, MODEL_SCORES_SQL)
+
+
+# --------------------------------------------------------------------------- nearest neighbours
+
+
+def normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), for cosine instead of dot-product scores."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)  # [n, 1]
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+def nearest_images(query_vec: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices [k], scores [k]) of the k rows of ``vectors`` [n, d] with the largest dot product
+    with ``query_vec`` [d], best first. Pass normalised inputs for cosine similarity."""
+    query = np.asarray(query_vec, dtype=vectors.dtype).reshape(-1)  # [d]
+    if vectors.ndim != 2 or query.shape[0] != vectors.shape[1]:
+        raise InputError(f"query vector of width {query.shape[0]} cannot be compared with vectors "
+                         f"of shape {vectors.shape}; they need the same width d")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    scores = vectors @ query  # [n]
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))  # [k], unordered
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return top, scores[top]

@@ -1,0 +1,203 @@
+"""Finding runs on disk: which folders are runs, what their manifests say, which files to read.
+
+A run is a folder holding ``manifest.json`` at most ``MAX_DEPTH`` levels under the
+data directory. Hidden folders and folders named ``_*`` are never searched, and
+neither are a run's own subfolders. The run's name is its folder path relative to
+the data directory, '/' separated. Only finished files are listed: hidden files
+and ``*.tmp`` files (``store.py`` writes ``.<name>.<random>.tmp`` then renames) and
+anything under ``_work/`` or ``_chunks/`` are work in progress. A manifest that
+cannot be read, is not a JSON object, or has another schema version skips its run
+and becomes a problem line; nothing here raises for a bad run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from precompute import schema
+from precompute.errors import InputError
+
+MAX_DEPTH = 3
+VECTOR_COLUMNS = {"image_embeddings": "embedding", "head_vectors": "vector", "texts": "embedding"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder as found on disk: what the views read."""
+
+    name: str
+    path: str  # absolute
+    manifest: Mapping
+    dim: int | None  # vector width d; None when no vector table tells it
+    tables: Mapping[str, tuple[str, ...]]  # view name -> absolute Parquet files
+    stamp: tuple[int, int]  # manifest (mtime_ns, size): a rewritten manifest is a changed run
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Every run under a data directory, and what could not be read."""
+
+    data_dir: str
+    runs: tuple[Run, ...]
+    problems: tuple[tuple[str, str], ...] = field(default=())  # (path, message)
+
+    def files(self) -> list[str]:
+        """Every Parquet file a view reads."""
+        return [f for run in self.runs for files in run.tables.values() for f in files]
+
+
+def discover_runs(data_dir: str | os.PathLike) -> Discovery:
+    """Find the runs under ``data_dir``; unreadable manifests become problems, not errors."""
+    root = os.path.abspath(data_dir)
+    if not os.path.isdir(root):
+        raise InputError(f"data folder {root} does not exist; pass the folder the precompute wrote runs into")
+    runs, problems = [], []
+    for folder in _run_dirs(root, MAX_DEPTH):
+        run, run_problems = _load_run(root, folder)
+        problems += run_problems
+        if run is not None:
+            runs.append(run)
+    return Discovery(root, tuple(runs), tuple(problems))
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _run_dirs(folder: str, depth: int) -> Iterator[str]:
+    """Folders holding a manifest, depth-first in name order; a run's subfolders are not searched."""
+    if os.path.isfile(os.path.join(folder, schema.MANIFEST)):
+        yield folder
+        return
+    if depth == 0:
+        return
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir() and not _skipped(entry.name):
+            yield from _run_dirs(entry.path, depth - 1)
+
+
+def _run_name(root: str, folder: str) -> str:
+    rel = os.path.relpath(folder, root)
+    return os.path.basename(root) if rel == "." else rel.replace(os.sep, "/")
+
+
+def _load_run(root: str, folder: str) -> tuple[Run | None, list[tuple[str, str]]]:
+    manifest_path = os.path.join(folder, schema.MANIFEST)
+    manifest, problem = _read_manifest(manifest_path)
+    if manifest is None:
+        return None, [(manifest_path, f"{problem}; run skipped")]
+    try:
+        st = os.stat(manifest_path)
+    except OSError as e:  # removed since it was read
+        return None, [(manifest_path, f"cannot read the manifest ({e}); run skipped")]
+    tables = _table_files(folder)
+    dim, problems = _run_dim(manifest_path, manifest, tables)
+    run = Run(_run_name(root, folder), folder, manifest, dim, tables, (st.st_mtime_ns, st.st_size))
+    return run, problems
+
+
+def _read_manifest(path: str) -> tuple[dict | None, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot read the manifest ({e})"
+    except json.JSONDecodeError as e:
+        return None, f"the manifest is not valid JSON ({e})"
+    if not isinstance(manifest, dict):
+        return None, f"the manifest is a JSON {type(manifest).__name__}, not an object"
+    version = manifest.get("schema_version", schema.SCHEMA_VERSION)
+    if version != schema.SCHEMA_VERSION:
+        return None, f"schema version {version!r}; this dashboard reads version {schema.SCHEMA_VERSION}"
+    return manifest, ""
+
+
+def _table_files(folder: str) -> dict[str, tuple[str, ...]]:
+    tables = {}
+    for file_name in schema.TABLES:
+        path = os.path.join(folder, file_name)
+        if os.path.isfile(path):
+            tables[file_name.removesuffix(".parquet")] = (path,)
+    heads = _head_vector_files(os.path.join(folder, schema.HEAD_VECTORS_DIR))
+    if heads:
+        tables[schema.HEAD_VECTORS_DIR] = heads
+    return tables
+
+
+def _ls(folder: str, pattern: str) -> list[str]:
+    """Names in ``folder`` that fully match ``pattern``, sorted; [] if the folder is missing."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if re.fullmatch(pattern, n))
+
+
+def _head_vector_files(folder: str) -> tuple[str, ...]:
+    """head_vectors/layer=L/head=H/*.parquet, skipping hidden, ``.tmp`` and in-progress folders."""
+    files = []
+    for layer in _ls(folder, r"layer=\d+"):
+        for head in _ls(os.path.join(folder, layer), r"head=\d+"):
+            head_dir = os.path.join(folder, layer, head)
+            files += [os.path.join(head_dir, n) for n in _ls(head_dir, r"[^._][^/]*\.parquet")]
+    return tuple(files)
+
+
+def get(manifest: Mapping, *keys: str, kind: type = object):
+    """manifest[k1][k2]... when present and of ``kind``, else None."""
+    value = manifest
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, kind) and not (kind is int and isinstance(value, bool)) else None
+
+
+def _first_vector_width(files: tuple[str, ...], column: str) -> int | None:
+    """d from the Parquet footer alone: leaf values / rows of the first row group (vectors are never null)."""
+    try:
+        meta = pq.ParquetFile(files[0]).metadata
+        leaf = next(i for i in range(meta.num_columns)
+                    if meta.schema.column(i).path.split(".")[0] == column)
+        group = meta.row_group(0) if meta.num_row_groups else None
+    except (OSError, StopIteration, pa.ArrowException):
+        return None
+    if group is None or group.num_rows == 0 or group.column(leaf).num_values % group.num_rows:
+        return None
+    return group.column(leaf).num_values // group.num_rows
+
+
+def _run_dim(manifest_path: str, manifest: Mapping, tables: Mapping) -> tuple[int | None, list]:
+    """The run's vector width: the data's when a vector file is readable, else the manifest's embed_dim."""
+    declared = get(manifest, "model", "embed_dim", kind=int)
+    found = next((_first_vector_width(tables[t], c) for t, c in VECTOR_COLUMNS.items() if t in tables), None)
+    if declared is not None and found is not None and declared != found:
+        return found, [(manifest_path, f"manifest says embed_dim {declared} but the vectors have {found}; "
+                                       f"using {found}")]
+    return found or declared, []
+
+
+def stages_done(manifest: Mapping) -> list[str]:
+    """Stage names in the manifest, except entries marked ``"done": false`` or a status other than done."""
+    stages = manifest.get("stages")
+    if not isinstance(stages, Mapping):
+        return []
+    done = []
+    for name, info in stages.items():
+        info = info if isinstance(info, Mapping) else {}
+        if info.get("done", True) is not False and info.get("status", "done") in ("done", "complete", "completed"):
+            done.append(str(name))
+    return done
+
+

@@ -1,0 +1,219 @@
+"""The DuckDB views over the runs found by ``dashboard.rundirs``: SQL generation and creation.
+
+``create_views(con, discover_runs(data_dir))`` makes, in any DuckDB connection:
+
+Main schema
+    runs           one row per run: run, run_id, architecture, pretrained, embed_dim,
+                   layers INTEGER[], heads, image_count, stages VARCHAR[], path, manifest
+    run_problems   path, problem: runs skipped and tables that could not be read
+    images, image_embeddings, head_vectors, texts, head_texts, head_labels,
+    head_scores, model_scores
+                   one UNION ALL over every run that has the table: a leading ``run``
+                   VARCHAR, then the columns of ``precompute/schema.py`` (in model_scores
+                   the run name replaces the ``run`` column the file carries).
+                   ``head_vectors`` is (run, image_id, layer, head, vector), layer and
+                   head read from the hive folders. A table no run has is still a view,
+                   with the same columns and no rows.
+
+Per-run schemas
+    ``"<run>".images``, ``"<run>".head_vectors``, ... : the same views for one run
+    (no ``run`` column, except model_scores's, set to the run name), every one
+    present even when the run lacks the table. A run whose name DuckDB would confuse
+    with a catalog or schema (``main``, ``memory``, ``temp``, another run's name up to
+    case) gets no schema, only a problem line; it is still in the union views.
+
+Vectors
+    In a per-run schema every vector is ``FLOAT[d]`` with that run's width d, so
+    ``array_cosine_similarity`` and ``array_inner_product`` work. The union views hold
+    ``FLOAT[d]`` too when every run with vectors has the same d; when runs differ (512
+    vs 768 vs a toy 64) they hold ``FLOAT[]`` lists: query one run's schema, or use
+    ``list_cosine_similarity`` / ``list_inner_product``.
+
+Files
+    Views read explicit lists of the Parquet files discovery found (never a glob, so
+    files still being written are never picked up), with every column cast to its
+    schema type. ``_catalog.files`` (run, "table", layer, head, path) lists them too,
+    so a query for one run, or one head, can read exactly its own files.
+
+View definitions cannot take parameters, so file paths and run names (folder names,
+never text a user typed) are quoted into them with ``literal`` and ``ident``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import duckdb
+import pyarrow as pa
+
+from dashboard.rundirs import VECTOR_COLUMNS, Discovery, Run, get, stages_done
+from precompute import schema
+
+# View name -> Arrow schema, in the order views are created and listed.
+VIEW_SCHEMAS: dict[str, pa.Schema] = {
+    **{name.removesuffix(".parquet"): s for name, s in schema.TABLES.items()},
+    schema.HEAD_VECTORS_DIR: schema.HEAD_VECTORS,
+}
+
+_DUCK_TYPES = {
+    pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.binary(): "BLOB", pa.bool_(): "BOOLEAN",
+}
+
+CATALOG_DDL = """
+CREATE SCHEMA _catalog;
+CREATE TABLE _catalog.runs (
+    run VARCHAR, run_id VARCHAR, architecture VARCHAR, pretrained VARCHAR, embed_dim INTEGER,
+    layers INTEGER[], heads INTEGER, image_count BIGINT, stages VARCHAR[], path VARCHAR, manifest VARCHAR
+);
+CREATE TABLE _catalog.problems (path VARCHAR, problem VARCHAR);
+CREATE TABLE _catalog.files (run VARCHAR, "table" VARCHAR, layer INTEGER, head INTEGER, path VARCHAR);
+CREATE VIEW runs AS SELECT * FROM _catalog.runs ORDER BY run;
+CREATE VIEW run_problems AS SELECT * FROM _catalog.problems;
+"""
+INSERT_RUN_SQL = "INSERT INTO _catalog.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_PROBLEM_SQL = "INSERT INTO _catalog.problems VALUES (?, ?)"
+INSERT_FILE_SQL = "INSERT INTO _catalog.files VALUES (?, ?, ?, ?, ?)"
+TAKEN_NAMES_SQL = "SELECT database_name FROM duckdb_databases() UNION SELECT schema_name FROM duckdb_schemas()"
+HIVE_OPTIONS = "hive_partitioning = true, hive_types = {'layer': INTEGER, 'head': INTEGER}"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier; run names are folder names, and views cannot take parameters."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """A quoted SQL string literal, for file paths and run names inside view definitions."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def duck_type(arrow_type: pa.DataType, dim: int | None) -> str:
+    if arrow_type == schema.VECTOR:
+        return f"FLOAT[{dim}]" if dim else "FLOAT[]"
+    if arrow_type not in _DUCK_TYPES:
+        raise TypeError(f"no DuckDB type for Arrow {arrow_type}; known: {sorted(map(str, _DUCK_TYPES))}")
+    return _DUCK_TYPES[arrow_type]
+
+
+def vector_columns(table_schema: pa.Schema) -> list[str]:
+    return [f.name for f in table_schema if f.type == schema.VECTOR]
+
+
+def run_view_sql(run: Run, view: str) -> str:
+    """SELECT of one run's table with every column cast to its schema type (``run`` = the run name)."""
+    table_schema = VIEW_SCHEMAS[view]
+    if view not in run.tables:
+        return empty_view_sql(table_schema, run.dim)
+    columns = ", ".join(
+        f"{literal(run.name)} AS run" if f.name == "run"
+        else f"CAST({ident(f.name)} AS {duck_type(f.type, run.dim)}) AS {ident(f.name)}"
+        for f in table_schema
+    )
+    files = "[" + ", ".join(literal(p) for p in run.tables[view]) + "]"
+    options = HIVE_OPTIONS if view == schema.HEAD_VECTORS_DIR else "hive_partitioning = false"
+    return f"SELECT {columns} FROM read_parquet({files}, {options})"
+
+
+def empty_view_sql(table_schema: pa.Schema, dim: int | None, with_run: bool = False) -> str:
+    columns = [f"CAST(NULL AS {duck_type(f.type, dim)}) AS {ident(f.name)}" for f in table_schema if f.name != "run"]
+    if with_run or "run" in table_schema.names:
+        columns.insert(0, "CAST(NULL AS VARCHAR) AS run")
+    return f"SELECT {', '.join(columns)} LIMIT 0"
+
+
+def union_view_sql(view: str, selects: dict[str, str], dim: int | None) -> str:
+    """UNION ALL of one table's per-run SELECTs (run name -> SELECT) with a leading ``run``.
+
+    Vectors stay FLOAT[dim] when every run shares ``dim``, else become FLOAT[] (``dim`` None).
+    """
+    table_schema = VIEW_SCHEMAS[view]
+    if not selects:
+        return empty_view_sql(table_schema, dim, with_run=True)
+    star = "*" + (" EXCLUDE (run)" if "run" in table_schema.names else "")
+    if dim is None and vector_columns(table_schema):
+        star += " REPLACE (" + ", ".join(f"CAST({ident(c)} AS FLOAT[]) AS {ident(c)}"
+                                         for c in vector_columns(table_schema)) + ")"
+    return " UNION ALL ".join(f"SELECT {literal(name)} AS run, {star} FROM ({select})"
+                              for name, select in selects.items())
+
+
+def shared_dim(runs: tuple[Run, ...]) -> int | None:
+    """The vector width every run with vectors shares, or None when they differ (or none is known)."""
+    dims = {r.dim for r in runs if any(t in r.tables for t in VECTOR_COLUMNS)}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def create_views(con: duckdb.DuckDBPyConnection, found: Discovery) -> None:
+    """Create the catalog, the per-run schemas and the union views of the module docstring."""
+    con.execute(CATALOG_DDL)
+    problems = list(found.problems)
+    selects: dict[str, dict[str, str]] = {view: {} for view in VIEW_SCHEMAS}  # view -> run -> SELECT
+    for run in found.runs:
+        readable = readable_selects(con, run, problems)
+        for view, select in readable.items():
+            selects[view][run.name] = select
+        _create_run_schema(con, run, readable, problems)
+    dim = shared_dim(found.runs)
+    for view, by_run in selects.items():
+        con.execute(f"CREATE VIEW {ident(view)} AS {union_view_sql(view, by_run, dim)}")
+    if found.runs:
+        con.executemany(INSERT_RUN_SQL, [run_row(r) for r in found.runs])
+    if problems:
+        con.executemany(INSERT_PROBLEM_SQL, problems)
+    files = [file_row(run, view, path) for view, by_run in selects.items() for run in found.runs
+             if run.name in by_run for path in run.tables[view]]
+    if files:
+        con.executemany(INSERT_FILE_SQL, files)
+
+
+_PARTITION = re.compile(r"layer=(\d+)/head=(\d+)/[^/]*$")
+
+
+def file_row(run: Run, view: str, path: str) -> tuple:
+    """(run, table, layer, head, path); layer and head from the hive folders of head vector files."""
+    match = _PARTITION.search(path.replace(os.sep, "/")) if view == schema.HEAD_VECTORS_DIR else None
+    layer, head = (int(match[1]), int(match[2])) if match else (None, None)
+    return run.name, view, layer, head, path
+
+
+def readable_selects(con: duckdb.DuckDBPyConnection, run: Run, problems: list) -> dict[str, str]:
+    """view -> SELECT for each table the run has whose files DuckDB can bind; the others become problems."""
+    selects = {}
+    for view in run.tables:
+        select = run_view_sql(run, view)
+        try:
+            con.execute(f"DESCRIBE {select}").fetchall()  # binds: reads the first file's footer, no data
+        except duckdb.Error as e:
+            problems.append((os.path.join(run.path, view), f"cannot read {view}: {str(e).splitlines()[0]}"))
+            continue
+        selects[view] = select
+    return selects
+
+
+def _create_run_schema(con: duckdb.DuckDBPyConnection, run: Run, selects: dict[str, str], problems: list) -> None:
+    """Schema ``"run"`` with every view, empty for the tables it lacks; a name DuckDB would confuse is a problem."""
+    taken = {name.lower() for (name,) in con.sql(TAKEN_NAMES_SQL).fetchall()}
+    if run.name.lower() in taken:
+        problems.append((run.path, f"no per-run schema {ident(run.name)}: DuckDB names are case-insensitive and "
+                                   "that name is taken by a DuckDB catalog or schema or another run; the run is "
+                                   "still in the union views"))
+        return
+    con.execute(f"CREATE SCHEMA {ident(run.name)}")
+    for view, table_schema in VIEW_SCHEMAS.items():
+        select = selects.get(view) or empty_view_sql(table_schema, run.dim)
+        con.execute(f"CREATE VIEW {ident(run.name)}.{ident(view)} AS {select}")
+
+
+def run_row(run: Run) -> tuple:
+    m = run.manifest
+    layers = get(m, "layers", kind=list)
+    return (
+        run.name, get(m, "run_id", kind=str), get(m, "model", "architecture", kind=str),
+        get(m, "model", "pretrained", kind=str), run.dim,
+        [v for v in layers if isinstance(v, int)] if layers is not None else None,
+        get(m, "heads", kind=int), get(m, "images", "count", kind=int), stages_done(m), run.path,
+        json.dumps(m, default=str),
+    )
