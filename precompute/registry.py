@@ -449,3 +449,33 @@ def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...]:
     if bad or not chosen:
         raise InputError(f"--layers {spec!r}: the model has layers 0..{n_layers - 1}; got {bad or 'none'}")
     return tuple(sorted(set(chosen)))
+
+
+def spec_from_manifest(model: dict, device: str = "auto") -> tuple[ModelSpec | None, str | None]:
+    """Rebuild the ModelSpec of a run (its manifest's ``model`` record), or say why its weights are unavailable.
+
+    A run made on another machine may name a local path that does not exist here; a
+    toy model's shipped weights are found again by name, and the checkpoint must have
+    the sha256 the run recorded.
+    """
+    arch = model.get("architecture")
+    kind = model.get("weights_kind")
+    pretrained = str(model.get("pretrained", ""))
+    if not arch or kind not in ("tag", "file", "local-dir", "none"):
+        return None, "the run's manifest does not say which weights it used"
+    if kind == "none":
+        seed = pretrained.rsplit("seed=", 1)[-1] if "seed=" in pretrained else "0"
+        return ModelSpec(arch, WeightsSource("none", seed), device), None
+    if kind == "tag":
+        return ModelSpec(arch, WeightsSource("tag", pretrained), device), None
+    path = Path(pretrained.removeprefix("local-dir:"))
+    if not path.exists():
+        shipped = shipped_weights_dir(path.name) if kind == "local-dir" else None
+        if shipped is None:
+            return None, f"the run's weights {path} are not on this machine"
+        path = shipped
+    expected = model.get("weights_sha256")
+    ckpt = _local_dir_checkpoint(path) if kind == "local-dir" else str(path)
+    if expected and ckpt and file_sha256(ckpt) != expected:
+        return None, f"the weights at {path} differ from the ones the run was made with (sha256 mismatch)"
+    return ModelSpec(arch, WeightsSource(kind, str(path)), device), None

@@ -15,6 +15,7 @@ A run directory (one model, one probe set) holds::
     head_labels.parquet           HEAD_LABELS  (label stage)
     head_scores.parquet           HEAD_SCORES  (score stage)
     model_scores.parquet          MODEL_SCORES (score stage)
+    label_overrides.csv           manual labels written from the dashboard (optional)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ HEAD_TEXTS_FILE = "head_texts.parquet"
 HEAD_LABELS_FILE = "head_labels.parquet"
 HEAD_SCORES_FILE = "head_scores.parquet"
 MODEL_SCORES_FILE = "model_scores.parquet"
+LABEL_OVERRIDES_FILE = "label_overrides.csv"  # layer,head,property[,author,note]: a team's corrections, honoured by `label`
 
 VECTOR = pa.list_(pa.float32())
 
