@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -20,7 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DEFAULT_RUNS = Path("data/runs")
+from precompute.registry import DATA_DIR as _DATA_DIR  # noqa: E402
+
+DEFAULT_RUNS = _DATA_DIR / "runs"
 
 
 def handle_errors(fn):
@@ -159,6 +162,205 @@ def _print_decompose_summary(s) -> None:
         typer.echo(f"  ... and {len(s.skipped) - 10} more (see manifest.json)")
     if s.ignored:
         typer.echo(f"  {s.ignored} files that are not images were ignored (listed in manifest.json)")
+
+
+RunDir = Annotated[Path, typer.Option("--out", help="The run folder (written by `decompose` or `run`).")]
+Pool = Annotated[Optional[str], typer.Option(help="Text pool: a shipped name (toyworld, general) or a .txt/.csv/.parquet file. Default: toyworld for toy models, general otherwise.")]
+K = Annotated[int, typer.Option("--k", help="TEXTSPAN picks computed per head (the dashboard shows 5).")]
+Rank = Annotated[int, typer.Option(help="TEXTSPAN rank r: texts are projected on the top-r span of the head's outputs.")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute even when the stage's output is current.")]
+Labeller = Annotated[str, typer.Option(help="pool (offline: majority property of the top picks) or llm (an OpenAI-compatible chat endpoint).")]
+TopK = Annotated[int, typer.Option(help="Top picks a label and its association score look at.")]
+MinShare = Annotated[float, typer.Option(help="Pool labeller: the winning property needs at least this share of the top picks, else 'mixed'.")]
+Overrides = Annotated[Optional[Path], typer.Option(help="CSV layer,head,property of manual labels (wins over the labellers). The run's own label_overrides.csv is always read.")]
+LlmUrl = Annotated[Optional[str], typer.Option(help="LLM labeller: base URL (env CLIP_INTERPRET_LLM_BASE_URL; default https://api.openai.com/v1). Key from CLIP_INTERPRET_LLM_API_KEY or OPENAI_API_KEY.")]
+LlmModel = Annotated[Optional[str], typer.Option(help="LLM labeller: model name (env CLIP_INTERPRET_LLM_MODEL).")]
+LlmTimeout = Annotated[float, typer.Option(help="LLM labeller: seconds per request.")]
+Templates = Annotated[Optional[list[str]], typer.Option("--template", help="Zero-shot prompt with '{}' for the class name (repeat for several). Default: 'a photo of a {}.', 'an image of a {}.', 'a {}.'")]
+Attributes = Annotated[Optional[Path], typer.Option(help="Ground-truth attributes (Parquet: path + categorical columns). Default: <images>/attributes.parquet when present.")]
+
+
+def _label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout):
+    from precompute.stage_label import LabelOptions
+
+    return LabelOptions(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout)
+
+
+def _score_options(top_k, templates, attributes, quiet):
+    from precompute.stage_score import DEFAULT_TEMPLATES, ScoreOptions
+    from precompute.errors import InputError
+
+    templates = tuple(templates) if templates else DEFAULT_TEMPLATES
+    if any("{}" not in t for t in templates):
+        raise InputError(f"every --template needs '{{}}' for the class name; got {list(templates)}")
+    return ScoreOptions(top_k, templates, attributes, progress=not quiet)
+
+
+def _done(stage: str, ran: bool, out: Path) -> None:
+    typer.echo(f"{out}: {stage} " + ("done" if ran else "is current; nothing to do (--force recomputes)"))
+
+
+@app.command()
+@handle_errors
+def textspan(
+    out: RunDir,
+    pool: Pool = None,
+    k: K = 20,
+    rank: Rank = 80,
+    device: Device = "auto",
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Name every analysed head with TEXTSPAN: embed the pool once, write texts and head_texts."""
+    from precompute.pipeline import default_pool, loaded_for_run
+    from precompute.stage_textspan import TextspanOptions, run_textspan
+
+    _quiet_libraries()
+    loaded = loaded_for_run(out, device)
+    opts = TextspanOptions(pool or default_pool(loaded.spec.architecture), k, rank, progress=not quiet)
+    _done("textspan", run_textspan(loaded, out, opts, force), out)
+
+
+@app.command()
+@handle_errors
+def label(
+    out: RunDir,
+    labeller: Labeller = "pool",
+    top_k: TopK = 5,
+    min_share: MinShare = 0.4,
+    overrides: Overrides = None,
+    llm_base_url: LlmUrl = None,
+    llm_model: LlmModel = None,
+    llm_timeout: LlmTimeout = 30.0,
+    force: Force = False,
+):
+    """Give every analysed head a property (pool vote, LLM, or manual override) and write head_labels."""
+    from precompute.stage_label import run_label
+
+    opts = _label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout)
+    _done("label", run_label(out, opts, force), out)
+
+
+@app.command()
+@handle_errors
+def score(
+    out: RunDir,
+    top_k: TopK = 5,
+    template: Templates = None,
+    attributes: Attributes = None,
+    device: Device = "auto",
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Score heads and the model: association, CCS, entanglement, variance explained, zero-shot, ground truth."""
+    from precompute.errors import RunDirError
+    from precompute.pipeline import loaded_for_run
+    from precompute.stage_score import run_score
+
+    _quiet_libraries()
+    try:
+        loaded = loaded_for_run(out, device)
+    except RunDirError as e:
+        typer.secho(f"note: {e}; zero-shot accuracy is skipped", fg=typer.colors.YELLOW, err=True)
+        loaded = None
+    _done("score", run_score(out, _score_options(top_k, template, attributes, quiet), loaded, force), out)
+
+
+@app.command()
+@handle_errors
+def run(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="open_clip architecture or project model. Default: every shipped toy model.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of probe images. Default for toy models: a generated toy-world probe set (data/probe/toyworld, 5,000 images, seed 0).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default data/runs/<model>[-<weights>]).")] = None,
+    pretrained: Pretrained = None,
+    random_init: RandomInit = False,
+    seed: Seed = 0,
+    layers: Layers = None,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    workers: Workers = 1,
+    chunk_size: ChunkSize = 512,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    pool: Pool = None,
+    k: K = 20,
+    rank: Rank = 80,
+    labeller: Labeller = "pool",
+    top_k: TopK = 5,
+    min_share: MinShare = 0.4,
+    overrides: Overrides = None,
+    llm_base_url: LlmUrl = None,
+    llm_model: LlmModel = None,
+    llm_timeout: LlmTimeout = 30.0,
+    template: Templates = None,
+    attributes: Attributes = None,
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Decompose, TEXTSPAN, label and score in one go; stages whose output is current are skipped."""
+    from precompute import pipeline
+    from precompute.errors import InputError
+    from precompute.stage_decompose import DecomposeOptions
+    from precompute.stage_textspan import TextspanOptions
+
+    _check_positive(batch_size=batch_size, chunk_size=chunk_size)
+    _quiet_libraries()
+    base = pipeline.RunRequest(
+        model=model or "", images=images or pipeline.DEFAULT_PROBE, out=out or Path(), pretrained=pretrained,
+        random_init=random_init, seed=seed, device=device, precision=precision,
+        decompose=DecomposeOptions(Path(), Path(), layers, limit, batch_size, workers, chunk_size),
+        textspan=TextspanOptions(pool, k, rank) if pool else None,
+        label=_label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout),
+        score=_score_options(top_k, template, attributes, quiet), force=force,
+    )
+    if model is None:
+        if out is not None or pretrained or random_init:
+            raise InputError("--out, --pretrained and --random-init need --model (the default runs every toy model)")
+        requests = pipeline.default_requests(base, progress=not quiet)
+    else:
+        if images is None:
+            if not model.startswith(pipeline.TOY_PREFIX):
+                raise InputError(f"--images is needed for {model}; only toy models default to the toy-world probe set")
+            base = dataclasses.replace(base, images=pipeline.ensure_default_probe(not quiet))
+        requests = [dataclasses.replace(base, out=out or default_out(model, pretrained, random_init))]
+    if pool is None:
+        requests = [dataclasses.replace(r, textspan=TextspanOptions(pipeline.default_pool(r.model), k, rank))
+                    for r in requests]
+    for req in requests:
+        typer.echo(f"{req.model} -> {req.out}")
+        pipeline.run_pipeline(req, log=typer.echo, progress=not quiet)
+    typer.echo("open the dashboard: clip-interpret dashboard" + ("" if model is None else f" --data-dir {requests[0].out.parent}"))
+
+
+@app.command()
+@handle_errors
+def dashboard(
+    data_dir: Annotated[Path, typer.Option(help="Folder holding run folders (searched 3 levels deep).")] = DEFAULT_RUNS,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+):
+    """Serve the Streamlit dashboard over every run under --data-dir."""
+    import subprocess
+
+    from precompute.errors import InputError
+
+    if not data_dir.is_dir():
+        raise InputError(f"data folder {data_dir} does not exist; make runs with `clip-interpret run` first")
+    app_file = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--data-dir", str(data_dir.resolve())]
+    typer.echo(f"dashboard on http://{host}:{port}  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def _mount_toyworld() -> None:
+    from precompute.cli_toyworld import app as toyworld_app
+
+    app.add_typer(toyworld_app, name="toyworld")
+
+
+_mount_toyworld()
 
 
 def main() -> None:  # pragma: no cover - console entry point

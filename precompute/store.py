@@ -168,3 +168,40 @@ class ChunkStore:
         parent = self.root.parent
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
+
+
+# ------------------------------------------------------------------ stages
+
+
+def stage_key(*parts: Any) -> str:
+    """A short hash of everything a stage's output depends on."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_current(manifest: dict, stage: str, key: str) -> bool:
+    info = manifest.get("stages", {}).get(stage, {})
+    return bool(info.get("done")) and info.get("key") == key
+
+
+def require_stage(run_dir: Path, stage: str, command: str) -> dict:
+    """The run's manifest, or a RunDirError naming the command that makes ``stage``."""
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise RunDirError(f"{run_dir} is not a run folder (no {schema.MANIFEST}); make one with `clip-interpret run`")
+    if not manifest.get("stages", {}).get(stage, {}).get("done"):
+        raise RunDirError(f"{run_dir} has no finished {stage} stage yet; run `{command}` first")
+    return manifest
+
+
+def finish_stage(run_dir: Path, manifest: dict, stage: str, key: str, seconds: float, **info: Any) -> None:
+    """Mark ``stage`` done with ``key``; later stages that depended on an older version are marked stale."""
+    order = ["decompose", "textspan", "label", "score"]
+    stages = manifest.setdefault("stages", {})
+    stages[stage] = {"done": True, "key": key, "finished": now(), **info}
+    for later in order[order.index(stage) + 1:] if stage in order else []:
+        if later in stages and stages[later].get("after") != key:
+            stages[later]["done"] = False
+    manifest.setdefault("timings", {})[stage] = {"seconds": round(seconds, 2)}
+    write_manifest(run_dir, manifest)

@@ -1,0 +1,163 @@
+"""The score stage: per-head and per-model interpretability scores (DESIGN.md section 6).
+
+From the labels and TEXTSPAN picks: association, CCS over the top 5,
+entanglement, variance explained by the top 5 and top K texts. From the head
+vectors: each head's variance and, when the probe folder carries an
+``attributes.parquet`` (the toy world does), the attribute whose values best
+separate the head's vectors, and whether the label agrees with it. When the
+probe set has class labels: zero-shot accuracy of the intact embedding and with
+every analysed head replaced by its TEXTSPAN reconstruction.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from precompute import metrics, schema, store
+from precompute.registry import LoadedModel
+from precompute.stage_textspan import head_stats, read_picks
+from precompute.textspan import reconstruct, textspan_from_stats
+
+STAGE = "score"
+ATTRIBUTES_FILE = "attributes.parquet"
+NOT_ATTRIBUTES = {"path", "caption", "image_id", "label"}
+MAX_ATTRIBUTE_VALUES = 64  # a column with more distinct values is not a categorical attribute
+DEFAULT_TEMPLATES = ("a photo of a {}.", "an image of a {}.", "a {}.")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    top_k: int = 5
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zero-shot prompts; '{}' is the class name
+    attributes: Path | None = None  # default: <probe folder>/attributes.parquet when it exists
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def attributes_path(manifest: dict, opts: ScoreOptions) -> Path | None:
+    if opts.attributes is not None:
+        return Path(opts.attributes)
+    candidate = Path(manifest.get("images", {}).get("root", "")) / ATTRIBUTES_FILE
+    return candidate if candidate.is_file() else None
+
+
+def score_key(manifest: dict, opts: ScoreOptions, attrs: Path | None, zero_shot: bool) -> str:
+    attr_id = (str(attrs), attrs.stat().st_mtime_ns, attrs.stat().st_size) if attrs and attrs.is_file() else None
+    return store.stage_key(manifest["stages"]["label"]["key"], opts.top_k, list(opts.templates), attr_id, zero_shot)
+
+
+def load_attributes(path: Path | None, image_paths: list[str]) -> dict[str, list]:
+    """Categorical attribute columns of the probe set, aligned with ``image_paths`` (missing rows: None)."""
+    if path is None or not path.is_file():
+        return {}
+    table = pq.read_table(path)
+    if "path" not in table.column_names:
+        warnings.warn(f"{path} has no 'path' column; attribute checks are off", stacklevel=2)
+        return {}
+    rows = {p: i for i, p in enumerate(table.column("path").to_pylist())}
+    out = {}
+    for name in table.column_names:
+        if name in NOT_ATTRIBUTES:
+            continue
+        values = table.column(name).to_pylist()
+        if len(set(values)) > MAX_ATTRIBUTE_VALUES:
+            continue
+        out[name] = [values[rows[p]] if p in rows else None for p in image_paths]
+    return out
+
+
+def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = None, force: bool = False) -> bool:
+    """Write head_scores.parquet and model_scores.parquet; False when already current.
+
+    ``loaded`` (the run's model) is needed only for zero-shot accuracy; without it those columns stay null.
+    """
+    run_dir = Path(run_dir)
+    manifest = store.require_stage(run_dir, "label", f"clip-interpret label --out {run_dir}")
+    attrs_file = attributes_path(manifest, opts)
+    labelled_images = bool(manifest.get("images", {}).get("labelled"))
+    zero_shot = labelled_images and loaded is not None
+    key = score_key(manifest, opts, attrs_file, zero_shot)
+    if not force and store.stage_current(manifest, STAGE, key):
+        return False
+    t0 = time.perf_counter()
+    images = pq.read_table(run_dir / schema.IMAGES_FILE, columns=["image_id", "path", "label"])
+    ids = images.column("image_id").to_numpy()
+    position = {int(i): n for n, i in enumerate(ids)}
+    attributes = load_attributes(attrs_file, images.column("path").to_pylist())
+    picks = read_picks(run_dir)
+    head_labels = {(r["layer"], r["head"]): r for r in pq.read_table(run_dir / schema.HEAD_LABELS_FILE).to_pylist()}
+    texts = store.arrow_to_vectors(pq.read_table(run_dir / schema.TEXTS_FILE, columns=["embedding"]).column("embedding"))
+    ts = manifest["stages"]["textspan"]
+    embeddings = _aligned(run_dir / schema.IMAGE_EMBEDDINGS_FILE, "embedding", position)  # [n, D]
+    delta = np.zeros_like(embeddings, dtype=np.float64) if zero_shot else None  # sum of (r - r_hat)
+
+    inputs = []
+    for (layer, head), rows in tqdm(picks.items(), desc="score", unit="head", disable=not opts.progress,
+                                    dynamic_ncols=True):
+        head_ids, vectors = store.read_head(run_dir, layer, head)
+        order = np.array([position[int(i)] for i in head_ids])
+        aligned = np.empty_like(vectors)
+        aligned[order] = vectors  # [n, D] in images.parquet order
+        result = textspan_from_stats(head_stats(run_dir, layer, head), texts, k=ts["k"], rank=ts["rank"])  # as the stage did
+        if result.picks.tolist() != [r["text_id"] for r in rows]:
+            warnings.warn(f"L{layer}.H{head}: TEXTSPAN picks differ from head_texts; rerun textspan", stacklevel=2)
+        if delta is not None:
+            delta += aligned - reconstruct(aligned, result)
+        best, r2 = (metrics.best_attribute(aligned, attributes) if attributes else (None, None))
+        inputs.append(metrics.HeadInput(
+            layer, head, head_labels[(layer, head)]["property"], tuple(r["property"] for r in rows),
+            tuple(r["variance_explained"] for r in rows), head_variance=result.total_variance,
+            best_attribute=best, best_attribute_r2=r2))
+    scores = metrics.score_heads(inputs, k=opts.top_k)
+    intact = replaced = None
+    if zero_shot:
+        intact, replaced = _zero_shot(loaded, images.column("label").to_pylist(), embeddings, delta, opts.templates)
+    model = metrics.model_scores(scores, intact, replaced)
+    _write(run_dir, manifest, scores, model)
+    store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
+                       after=manifest["stages"]["label"]["key"], attributes=str(attrs_file) if attrs_file else None,
+                       zero_shot=zero_shot, templates=list(opts.templates) if zero_shot else None)
+    return True
+
+
+def _aligned(path: Path, column: str, position: dict[int, int]) -> np.ndarray:
+    table = pq.read_table(path)
+    vectors = store.arrow_to_vectors(table.column(column))
+    out = np.empty_like(vectors)
+    out[[position[int(i)] for i in table.column("image_id").to_numpy()]] = vectors
+    return out
+
+
+def _zero_shot(loaded: LoadedModel, labels: list, embeddings: np.ndarray, delta: np.ndarray,
+               templates: tuple[str, ...]) -> tuple[float, float]:
+    """Accuracy over the probe set's classes, intact and with the analysed heads reconstructed."""
+    from precompute.textenc import encode_texts
+
+    classes = sorted({c for c in labels if c is not None})
+    prompts = [t.format(c.replace("_", " ")) for c in classes for t in templates]
+    emb = encode_texts(loaded, prompts).reshape(len(classes), len(templates), -1).mean(1)  # [c, D]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    keep = np.array([c is not None for c in labels])
+    y = np.array([classes.index(c) for c in labels if c is not None])
+    intact = metrics.zero_shot_accuracy(embeddings[keep], emb, y)
+    replaced = metrics.zero_shot_accuracy((embeddings - delta)[keep], emb, y)
+    return intact, replaced
+
+
+def _write(run_dir: Path, manifest: dict, scores, model) -> None:
+    head_rows = {name: [getattr(s, name) for s in scores] for name in schema.HEAD_SCORES.names}
+    store.write_table_atomic(run_dir / schema.HEAD_SCORES_FILE, pa.Table.from_pydict(head_rows, schema=schema.HEAD_SCORES))
+    m = manifest["model"]
+    row = {"run": run_dir.name, "model": m["architecture"], "pretrained": m["pretrained"],
+           "layers": ",".join(str(x) for x in manifest["layers"]),
+           **{f: getattr(model, f) for f in schema.MODEL_SCORES.names if hasattr(model, f)}}
+    store.write_table_atomic(run_dir / schema.MODEL_SCORES_FILE,
+                             pa.Table.from_pylist([row], schema=schema.MODEL_SCORES))

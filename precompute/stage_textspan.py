@@ -1,0 +1,113 @@
+"""The textspan stage: embed a text pool once per run, then name every analysed head with TEXTSPAN.
+
+Writes ``texts.parquet`` (the pool's embeddings by this model) and
+``head_texts.parquet`` (each head's K picks with cumulative variance explained).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from precompute import schema, store
+from precompute.pools import Pool, load_pool
+from precompute.registry import LoadedModel
+from precompute.textenc import encode_texts
+from precompute.textspan import DEFAULT_K, DEFAULT_RANK, TextspanResult, accumulate_gram, textspan_from_stats
+
+STAGE = "textspan"
+
+
+@dataclass(frozen=True)
+class TextspanOptions:
+    pool: str  # a shipped pool name or a file
+    k: int = DEFAULT_K
+    rank: int = DEFAULT_RANK
+    progress: bool = True
+
+
+def textspan_key(manifest: dict, pool: Pool, opts: TextspanOptions) -> str:
+    return store.stage_key(manifest["stages"]["decompose"]["key"], pool.sha256, opts.k, opts.rank)
+
+
+def heads_of(manifest: dict) -> list[tuple[int, int]]:
+    return [(layer, h) for layer in manifest["layers"] for h in range(manifest["heads"])]
+
+
+def head_stats(run_dir: Path, layer: int, head: int):
+    """Gram statistics of one head, accumulated part by part (never more than one part in memory)."""
+    files = store.head_files(run_dir, layer, head)
+    if not files:
+        from precompute.errors import RunDirError
+
+        raise RunDirError(f"{run_dir}: no head vectors for layer {layer} head {head}; rerun decompose")
+    return accumulate_gram(store.arrow_to_vectors(pq.read_table(f, columns=["vector"]).column("vector"))
+                           for f in files)
+
+
+def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, force: bool = False) -> bool:
+    """Compute and write the stage; False when it was already current."""
+    run_dir = Path(run_dir)
+    manifest = store.require_stage(run_dir, "decompose", f"clip-interpret decompose --out {run_dir} ...")
+    pool = load_pool(opts.pool)
+    key = textspan_key(manifest, pool, opts)
+    if not force and store.stage_current(manifest, STAGE, key):
+        return False
+    t0 = time.perf_counter()
+    text_emb = _texts(loaded, run_dir, pool, opts)
+    rows: dict[str, list] = {name: [] for name in schema.HEAD_TEXTS.names}
+    heads = heads_of(manifest)
+    for layer, head in tqdm(heads, desc="textspan", unit="head", disable=not opts.progress, dynamic_ncols=True):
+        result = textspan_from_stats(head_stats(run_dir, layer, head), text_emb, k=opts.k, rank=opts.rank)
+        _append_picks(rows, layer, head, result, pool)
+    store.write_table_atomic(run_dir / schema.HEAD_TEXTS_FILE, pa.Table.from_pydict(rows, schema=schema.HEAD_TEXTS))
+    store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
+                       after=manifest["stages"]["decompose"]["key"], pool=pool.name, pool_source=str(pool.source),
+                       pool_sha256=pool.sha256, texts=len(pool), k=opts.k, rank=opts.rank)
+    return True
+
+
+def _append_picks(rows: dict, layer: int, head: int, result: TextspanResult, pool: Pool) -> None:
+    for rank, (j, ve) in enumerate(zip(result.picks.tolist(), result.variance_explained.tolist()), start=1):
+        rows["layer"].append(layer)
+        rows["head"].append(head)
+        rows["rank"].append(rank)
+        rows["text_id"].append(j)
+        rows["text"].append(pool.texts[j])
+        rows["property"].append(pool.properties[j])
+        rows["variance_explained"].append(ve)
+
+
+def _texts(loaded: LoadedModel, run_dir: Path, pool: Pool, opts: TextspanOptions) -> np.ndarray:
+    """The pool's normalised text embeddings: reused from texts.parquet when it holds this pool, else computed."""
+    path = run_dir / schema.TEXTS_FILE
+    if path.is_file():
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        if meta.get(b"pool_sha256") == pool.sha256.encode() and table.num_rows == len(pool):
+            return store.arrow_to_vectors(table.column("embedding"))
+    emb = encode_texts(loaded, pool.texts)  # [m, D]
+    table = pa.Table.from_arrays(
+        [pa.array(np.arange(len(pool)), pa.int32()), pa.array(pool.texts, pa.string()),
+         pa.array(pool.properties, pa.string()), store.vectors_to_arrow(emb)],
+        schema=schema.TEXTS.with_metadata({"pool": pool.name, "pool_sha256": pool.sha256}),
+    )
+    store.write_table_atomic(path, table, ["embedding.list.element"])
+    return emb
+
+
+def read_picks(run_dir: Path) -> dict[tuple[int, int], list[dict]]:
+    """head_texts.parquet grouped by head, rows in rank order."""
+    table = pq.read_table(Path(run_dir) / schema.HEAD_TEXTS_FILE).sort_by([("layer", "ascending"),
+                                                                           ("head", "ascending"),
+                                                                           ("rank", "ascending")])
+    out: dict[tuple[int, int], list[dict]] = {}
+    for row in table.to_pylist():
+        out.setdefault((row["layer"], row["head"]), []).append(row)
+    return out

@@ -1,0 +1,147 @@
+"""`clip-interpret run` and its stages end to end on a tiny random model; `--help` of every command."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from precompute import schema
+from precompute.cli import app
+from tests.conftest import make_image_folder
+
+runner = CliRunner()
+TINY = ["--model", "test-tiny", "--random-init", "--quiet"]
+TABLES = [schema.IMAGES_FILE, schema.IMAGE_EMBEDDINGS_FILE, schema.TEXTS_FILE, schema.HEAD_TEXTS_FILE,
+          schema.HEAD_LABELS_FILE, schema.HEAD_SCORES_FILE, schema.MODEL_SCORES_FILE]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,)
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
+            yield from _commands(cmd, prefix + (name,))
+
+
+def test_help_works_for_every_command():
+    root = typer.main.get_command(app)
+    paths = list(_commands(root))
+    assert {("decompose",), ("run",), ("textspan",), ("label",), ("score",), ("models",), ("dashboard",),
+            ("toyworld", "images"), ("toyworld", "train")} <= set(paths)
+    for path in paths:
+        result = invoke(*path, "--help")
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output
+    for name, cmd in root.commands.items():  # every option of every command documents itself
+        for sub in (cmd.commands.values() if hasattr(cmd, "commands") else [cmd]):
+            for param in sub.params:
+                if param.param_type_name == "option" and param.name != "help":
+                    assert param.help, f"{name} {sub.name} --{param.name} has no help text"
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    images = make_image_folder(tmp_path / "images", per_class=6)
+    out = tmp_path / "runs" / "tiny"
+    result = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8)
+    assert result.exit_code == 0, result.output
+    return images, out, result.output
+
+
+def test_run_writes_every_table_then_skips_every_stage(tiny_run):
+    images, out, first = tiny_run
+    for stage in ("decompose", "textspan", "label", "score"):
+        assert f"{stage:<10} done in" in first
+    for name in TABLES:
+        table = pq.read_table(out / name)
+        expected = schema.TABLES[name]
+        assert table.schema.remove_metadata().equals(expected), name
+    head_texts = pq.read_table(out / schema.HEAD_TEXTS_FILE)
+    assert head_texts.num_rows == 3 * 4 * 8  # 3 layers x 4 heads x k
+    ve = head_texts.column("variance_explained").to_pylist()
+    assert all(0 <= v <= 1.0 + 1e-6 for v in ve)
+    scores = pq.read_table(out / schema.MODEL_SCORES_FILE).to_pylist()[0]
+    assert scores["model"] == "test-tiny" and scores["n_heads"] == 12
+    assert scores["zeroshot_intact"] is not None  # class folders give labels
+    stamps = {n: (out / n).stat().st_mtime_ns for n in TABLES}
+
+    again = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8)
+    assert again.exit_code == 0
+    assert again.output.count("current, skipped") == 4
+    assert {n: (out / n).stat().st_mtime_ns for n in TABLES} == stamps
+
+    forced = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8, "--force")
+    assert forced.exit_code == 0 and forced.output.count("done in") == 4
+
+
+def test_changed_options_rerun_only_the_stages_they_affect(tiny_run):
+    images, out, _ = tiny_run
+    result = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8, "--min-share", 0.6)
+    assert "decompose  current" in result.output and "textspan   current" in result.output
+    assert "label      done" in result.output and "score      done" in result.output
+
+
+def test_label_honours_the_runs_overrides_file(tiny_run):
+    images, out, _ = tiny_run
+    (out / schema.LABEL_OVERRIDES_FILE).write_text("layer,head,property,author\n2,1,colors,ana\n")
+    result = invoke("label", "--out", out)
+    assert result.exit_code == 0 and "label done" in result.output
+    labels = {(r["layer"], r["head"]): r for r in pq.read_table(out / schema.HEAD_LABELS_FILE).to_pylist()}
+    assert labels[(2, 1)]["property"] == "colors" and labels[(2, 1)]["labeller"] == "manual"
+    assert json.loads(labels[(2, 1)]["provenance"])["author"] == "ana"
+    assert labels[(2, 0)]["labeller"] == "pool"
+    manifest = json.loads((out / schema.MANIFEST).read_text())
+    assert manifest["stages"]["label"]["manual"] == 1
+    assert manifest["stages"]["score"]["done"] is False  # scores of the old labels are stale
+    rerun = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8)
+    assert "label      current" in rerun.output and "score      done" in rerun.output
+
+
+def test_user_text_pool(tiny_run, tmp_path):
+    _, out, _ = tiny_run
+    pool = tmp_path / "mine.txt"
+    pool.write_text("\n".join(f"a photo of thing number {i}" for i in range(30)) + "\n")
+    result = invoke("textspan", "--out", out, "--pool", pool, "--k", 5, "--quiet")
+    assert result.exit_code == 0, result.output
+    texts = pq.read_table(out / schema.HEAD_TEXTS_FILE).column("text").to_pylist()
+    assert texts and all(t.startswith("a photo of thing number") for t in texts)
+    labels = invoke("label", "--out", out)  # no properties in a .txt pool: every head is mixed
+    assert labels.exit_code == 0
+    assert set(pq.read_table(out / schema.HEAD_LABELS_FILE).column("property").to_pylist()) == {"mixed"}
+
+
+@pytest.mark.parametrize("command", ["textspan", "label", "score"])
+def test_stages_on_a_folder_that_is_not_a_run(tmp_path, command):
+    result = invoke(command, "--out", tmp_path)
+    assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_stage_before_its_input_names_the_command(tmp_path):
+    images = make_image_folder(tmp_path / "images", per_class=2, bad_files=False)
+    out = tmp_path / "run"
+    assert invoke("decompose", *TINY, "--images", images, "--out", out).exit_code == 0
+    result = invoke("label", "--out", out)
+    assert result.exit_code == 2 and "clip-interpret textspan --out" in result.output
+
+
+def test_bad_options_are_refused(tiny_run):
+    _, out, _ = tiny_run
+    assert "unknown labeller" in invoke("label", "--out", out, "--labeller", "oracle").output
+    assert "'{}'" in invoke("score", "--out", out, "--template", "a photo").output
+    missing = invoke("run", "--model", "ViT-B-32", "--random-init", "--out", out)
+    assert missing.exit_code == 2 and "--images is needed" in missing.output
+
+
+def test_models_command_lists_and_marks():
+    result = invoke("models", "ViT-B-32")
+    assert result.exit_code == 0 and "ViT-B-32 " in result.output and "decomposable: yes" in result.output
+    assert "RN50" not in invoke("models").output
+    everything = invoke("models", "--all", "RN50")
+    assert "decomposable: no" in everything.output and "ResNet" in everything.output
