@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,7 +33,12 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _show_warnings(caught)
         except InterpretError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(e.exit_code) from None
@@ -41,6 +47,18 @@ def handle_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _show_warnings(caught) -> None:
+    """Every warning of ours (one per head, say) on its own line; library warnings as Python shows them."""
+    ours = str(Path(__file__).resolve().parent)
+    seen = set()
+    for w in caught:
+        if str(Path(w.filename).resolve()).startswith(ours):
+            typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
+        elif (str(w.message), w.category) not in seen:
+            seen.add((str(w.message), w.category))
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _quiet_libraries() -> None:

@@ -145,3 +145,49 @@ def test_models_command_lists_and_marks():
     assert "RN50" not in invoke("models").output
     everything = invoke("models", "--all", "RN50")
     assert "decomposable: no" in everything.output and "ResNet" in everything.output
+
+
+def test_llm_labeller_through_the_label_command(tiny_run, monkeypatch):
+    """`label --labeller llm` against a local OpenAI-compatible server: labels, provenance, fallback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            # the 3rd head gets a malformed reply: it must keep its pool label
+            content = "not json at all!" if len(seen) == 3 else '{"property": "colors"}'
+            reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CLIP_INTERPRET_LLM_API_KEY", "sk-test-secret")
+    _, out, _ = tiny_run
+    try:
+        result = invoke("label", "--out", out, "--labeller", "llm", "--llm-base-url",
+                        f"http://127.0.0.1:{server.server_port}/v1", "--llm-model", "fake-gpt")
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: LLM labeller") == 1 and "keeping the pool label" in result.output
+    assert len(seen) == 12 and seen[0][0] == "/v1/chat/completions" and seen[0][1] == "Bearer sk-test-secret"
+    assert seen[0][2]["model"] == "fake-gpt" and len(seen[0][2]["messages"]) > 3  # few-shot examples
+    rows = pq.read_table(out / schema.HEAD_LABELS_FILE).to_pylist()
+    llm = [r for r in rows if r["labeller"] == "llm"]
+    assert len(llm) == 11 and all(r["property"] == "colors" for r in llm)
+    prov = json.loads(llm[0]["provenance"])
+    assert prov["model"] == "fake-gpt" and len(prov["prompt_sha256"]) == 64
+    assert "sk-test-secret" not in (out / schema.HEAD_LABELS_FILE).read_bytes().decode("latin-1")
+    fallback = [r for r in rows if r["labeller"] == "pool"]
+    assert len(fallback) == 1 and "llm_fallback" in json.loads(fallback[0]["provenance"])
