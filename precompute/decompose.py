@@ -19,11 +19,17 @@ linear, so every term x maps to
 plus one constant term beta @ proj / ||e|| for the LayerNorm bias. All terms sum
 to e / ||e||, the normalised image embedding, up to float32 round-off.
 
-A head's vector is r[l,h] = sum_m phi(term[l,h,m]). Per-head outputs are read
-from the input of ``attn.out_proj`` (custom open_clip attention blocks, see
-registry.py), so the token-summed decomposition costs no extra matmuls; per-token
-terms recompute the class-token attention row and the values of the chosen
-layers, and only when asked for.
+A head's vector is r[l,h] = sum_m phi(term[l,h,m]). The model runs unchanged
+(open_clip's stock blocks, fused attention kernel included); a pre-hook on each
+chosen layer's attention recomputes only what the class token needs, cheaply:
+
+    q = W_Q x_0 + b_Q                          the class-token query   [b, h, e]
+    logits_m = x_m . (W_K^T q) + b_K . q       no key for every token  [b, h, t]
+    o = W_V (sum_m a_m x_m) + b_V              no value for every token [b, h, e]
+
+so the extra cost per image is O(t d h + d^2), not O(t d^2) (about 1% of the
+layer). Per-token terms need every token's value, and are computed only when
+asked for.
 
 Dimension letters: b batch, L all layers, l chosen layers, h heads, t tokens,
 d residual width, e head width, D output width.
@@ -84,13 +90,10 @@ class Decomposer:
             raise ModelError(f"layers {list(layers)} out of range: the model has layers 0..{n - 1}")
         self.spatial = spatial
         attn0 = self.blocks[0].attn
-        if not hasattr(attn0, "out_proj") or not hasattr(attn0, "in_proj_weight") or not hasattr(attn0, "num_heads"):
+        if not all(hasattr(attn0, a) for a in ("out_proj", "in_proj_weight", "num_heads")):
             raise ModelError("the vision tower has no recognisable attention blocks")
-        if type(attn0).__name__ != "Attention":
-            raise ModelError(
-                "the model uses fused nn.MultiheadAttention blocks; load it with precompute.registry.load_model "
-                "(which builds open_clip's custom attention blocks, same weights)"
-            )
+        if not getattr(attn0, "batch_first", True):
+            raise ModelError("attention blocks must be batch-first (open_clip >= 2.24 builds them so)")
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise ModelError("only class-token pooling can be decomposed")
         self.heads = attn0.num_heads
@@ -106,39 +109,68 @@ class Decomposer:
             self.eps = float(visual.ln_post.eps)
             self.ls_attn = [_layer_scale(b.ls_1, self.width) for b in self.blocks]  # L x [d]
             self.ls_mlp = [_layer_scale(b.ls_2, self.width) for b in self.blocks]  # L x [d]
+            self.qkv = {i: self._qkv(i) for i in self.layers}
             self.readout_heads = {i: self._head_readout(i) for i in self.layers}  # l x [h, e, D]
             self.bias_out = {
                 i: (self.blocks[i].attn.out_proj.bias.detach().float() * self.ls_attn[i]) @ self.cg
                 for i in self.layers
             }  # l x [D]
 
+    def _qkv(self, i: int) -> tuple[Tensor, ...]:
+        """W_Q, W_K, W_V as [h, e, d], their biases as [h, e], and the head scale as [h, 1] (ones if none)."""
+        attn = self.blocks[i].attn
+        h, e, d = self.heads, self.head_width, self.width
+        w = attn.in_proj_weight.detach().float().view(3, h, e, d)  # [3, h, e, d]
+        b = attn.in_proj_bias.detach().float().view(3, h, e) if attn.in_proj_bias is not None else torch.zeros(3, h, e)
+        scale = getattr(attn, "head_scale", None)
+        scale = scale.detach().float().view(h, 1) if scale is not None else torch.ones(h, 1)  # [h, 1]
+        return w[0], w[1], w[2], b[0], b[1], b[2], scale
+
     def _head_readout(self, i: int) -> Tensor:
         w_o = self.blocks[i].attn.out_proj.weight.detach().float()  # [d, d]: out = o @ W_O^T
         w_o = (w_o * self.ls_attn[i][:, None]).view(self.width, self.heads, self.head_width)  # [d, h, e]
         return torch.einsum("dhe,dD->heD", w_o, self.cg)  # [h, e, D]
 
+    def _class_attention(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The class-token attention row a [b, h, t] and head outputs o [b, h, e] of layer i, from its input x."""
+        wq, wk, wv, bq, bk, bv, scale = self.qkv[i]
+        q = torch.einsum("bd,hed->bhe", x[:, 0], wq) + bq  # [b, h, e]
+        u = torch.einsum("bhe,hed->bhd", q, wk)  # [b, h, d]: W_K^T q
+        logits = torch.einsum("btd,bhd->bht", x, u) + (q * bk).sum(-1)[..., None]  # [b, h, t]
+        a = (logits * self.head_width ** -0.5).softmax(-1)  # [b, h, t]
+        mixed = torch.einsum("bht,btd->bhd", a, x)  # [b, h, d]: sum_m a_m x_m
+        o = (torch.einsum("bhd,hed->bhe", mixed, wv) + bv) * scale  # [b, h, e]
+        return a, o
+
     def _hooks(self, store: dict) -> list[Hook]:
+        def first(out):
+            return out[0] if isinstance(out, tuple) else out  # nn.MultiheadAttention returns (output, weights)
+
         def save_output(key):
             def fn(_module, _args, out):
-                store[key] = out[:, 0].to(dtype=torch.float32, copy=True)  # [b, d], not a view of [b, t, d]
+                store[key] = first(out)[:, 0].to(dtype=torch.float32, copy=True)  # [b, d], not a view of [b, t, d]
             return fn
 
-        def save_input(key, cls_only=True):
+        def class_attention(i):
             def fn(_module, args):
-                x = args[0]
-                x = (x[:, 0] if x.ndim == 3 else x) if cls_only else x
-                store[key] = x.to(dtype=torch.float32, copy=True)
+                x = args[0].float()  # [b, t, d]: ln_1 output
+                a, o = self._class_attention(i, x)
+                store[("o", i)] = o
+                if self.spatial:
+                    store[("a", i)], store[("x", i)] = a, x.clone()
             return fn
+
+        def save_z(_module, args):
+            z = args[0]
+            store["z"] = (z[:, 0] if z.ndim == 3 else z).to(dtype=torch.float32, copy=True)  # [b, d]
 
         hooks = [Hook(self.visual.ln_pre, "forward", save_output("embed"))]
         for i, block in enumerate(self.blocks):
             hooks.append(Hook(block.attn, "forward", save_output(("attn", i))))
             hooks.append(Hook(block.mlp, "forward", save_output(("mlp", i))))
             if i in self.readout_heads:
-                hooks.append(Hook(block.attn.out_proj, "forward_pre", save_input(("o", i))))
-                if self.spatial:
-                    hooks.append(Hook(block.attn, "forward_pre", save_input(("x", i), cls_only=False)))
-        hooks.append(Hook(self.visual.ln_post, "forward_pre", save_input("z")))
+                hooks.append(Hook(block.attn, "forward_pre", class_attention(i)))
+        hooks.append(Hook(self.visual.ln_post, "forward_pre", save_z))
         return hooks
 
     @torch.inference_mode()
@@ -159,38 +191,23 @@ class Decomposer:
         mlp = torch.stack([(store[("mlp", i)] * self.ls_mlp[i]) @ self.cg for i in range(L)], 1)  # [b, L, D]
         attn = attn / scale[:, None]
         mlp = mlp / scale[:, None]
-        ln_bias = self.beta_out[None, :] / norm[:, None]  # [b, D]
+        ln_bias = self.beta_out[None, :].expand(b, -1) / norm[:, None]  # [b, D]
 
         heads = torch.stack(
-            [
-                torch.einsum("bhe,heD->bhD", store[("o", i)].view(b, self.heads, self.head_width), self.readout_heads[i])
-                for i in self.layers
-            ],
-            1,
+            [torch.einsum("bhe,heD->bhD", store[("o", i)], self.readout_heads[i]) for i in self.layers], 1
         ) / scale[:, None, None]  # [b, l, h, D]
         attn_bias = torch.stack([self.bias_out[i].expand(b, -1) for i in self.layers], 1) / scale[:, None]  # [b, l, D]
         tokens = None
         if self.spatial:
-            tokens = torch.stack([self._token_terms(i, store[("x", i)]) for i in self.layers], 1)  # [b, l, h, t, D]
-            tokens = tokens / scale[:, None, None, None]
+            tokens = torch.stack([self._token_terms(i, store[("x", i)], store[("a", i)]) for i in self.layers], 1)
+            tokens = tokens / scale[:, None, None, None]  # [b, l, h, t, D]
         return Decomposition(e / norm[:, None], embed, attn, mlp, ln_bias, self.layers, heads, attn_bias, tokens)
 
-    def _token_terms(self, i: int, x: Tensor) -> Tensor:
+    def _token_terms(self, i: int, x: Tensor, a: Tensor) -> Tensor:
         """Per-token terms of layer i before the 1/(sigma ||e||) scale: [b, h, t, D]."""
-        attn = self.blocks[i].attn
-        b, t, d = x.shape
-        h, e = self.heads, self.head_width
-        w = attn.in_proj_weight.detach().float()  # [3d, d]
-        bias = attn.in_proj_bias.detach().float() if attn.in_proj_bias is not None else torch.zeros(3 * d)
-        q = (x[:, 0] @ w[:d].T + bias[:d]).view(b, h, e)  # [b, h, e], class-token query only
-        k = (x @ w[d:2 * d].T + bias[d:2 * d]).view(b, t, h, e)  # [b, t, h, e]
-        v = (x @ w[2 * d:].T + bias[2 * d:]).view(b, t, h, e)  # [b, t, h, e]
-        logits = torch.einsum("bhe,bthe->bht", q, k) * e ** -0.5  # [b, h, t]
-        a = logits.softmax(-1)  # [b, h, t]
-        head_scale = getattr(attn, "head_scale", None)
-        readout = self.readout_heads[i]  # [h, e, D]
-        if head_scale is not None:
-            readout = readout * head_scale.detach().float().view(h, 1, 1)
+        _, _, wv, _, _, bv, scale = self.qkv[i]
+        v = torch.einsum("btd,hed->bthe", x, wv) + bv  # [b, t, h, e]: every token's value
+        readout = self.readout_heads[i] * scale[:, :, None]  # [h, e, D]
         return a[..., None] * torch.einsum("bthe,heD->bhtD", v, readout)  # [b, h, t, D]
 
 

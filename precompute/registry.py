@@ -8,9 +8,8 @@ for tests and benchmarks). The project registers its own configs (tiny test
 models, toy-world models) from ``precompute/model_configs/``; toy models default
 to the weights shipped under ``data/models/<name>/``.
 
-Every model is built with ``vision_cfg['block_type'] = 'custom'`` so that the
-attention is ``open_clip.transformer.Attention`` (same state_dict keys, strict
-load), whose ``out_proj`` input holds the per-head outputs the decomposition needs.
+Models are built exactly as open_clip builds them (stock blocks and their fused
+attention kernel); the decomposition only adds hooks.
 """
 
 from __future__ import annotations
@@ -322,16 +321,15 @@ def model_config(architecture: str, weights: WeightsSource) -> dict:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Build the model for ``spec`` with custom attention blocks, in eval mode, or raise a ModelError."""
+    """Build the model for ``spec`` in eval mode, or raise a ModelError."""
     import open_clip
 
     register_project_configs()
     cfg = model_config(spec.architecture, spec.weights)
     check_decomposable(spec.architecture, cfg)
-    vision_cfg = dict(cfg["vision_cfg"], block_type="custom")
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
-    kwargs: dict[str, Any] = dict(precision=precision, device=device, vision_cfg=vision_cfg)
+    kwargs: dict[str, Any] = dict(precision=precision, device=device)
     sha = None
     w = spec.weights
     if w.kind == "local-dir":
