@@ -254,3 +254,59 @@ def nearest_images(query_vec: np.ndarray, vectors: np.ndarray, k: int) -> tuple[
     top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))  # [k], unordered
     top = top[np.argsort(-scores[top], kind="stable")]
     return top, scores[top]
+
+
+# --------------------------------------------------------------------------- head search (dashboard pages)
+
+ALL_HEAD_TEXTS_SQL = ("SELECT layer, head, rank, text_id, text, property, variance_explained "
+                      "FROM read_parquet(?, hive_partitioning = false) ORDER BY layer, head, rank")
+# ILIKE with an explicit escape character: the user's text is a parameter, its % and _ escaped by ``like_pattern``.
+SEARCH_HEAD_TEXTS_SQL = ("SELECT layer, head, rank, text, property, variance_explained "
+                         "FROM read_parquet(?, hive_partitioning = false) WHERE text ILIKE ? ESCAPE '\\' "
+                         "ORDER BY layer, head, rank")
+
+
+def like_pattern(text: str) -> str:
+    """'%text%' for ILIKE, with the user's own %, _ and \\ matched literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def all_head_texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
+    """Every head's TEXTSPAN picks (no embeddings), by layer, head and rank."""
+    return _run_table(con, run, "head_texts", ALL_HEAD_TEXTS_SQL,
+                      columns=["layer", "head", "rank", "text_id", "text", "property", "variance_explained"])
+
+
+def search_head_texts(con: duckdb.DuckDBPyConnection, run: str, text: str) -> pa.Table:
+    """TEXTSPAN picks whose text contains ``text`` (case-insensitive, literal), by layer, head and rank."""
+    return _run_table(con, run, "head_texts", SEARCH_HEAD_TEXTS_SQL, [like_pattern(text)],
+                      columns=["layer", "head", "rank", "text", "property", "variance_explained"])
+
+
+HEAD_OVERVIEW_SQL = """
+WITH labels AS (SELECT * FROM read_parquet($1, hive_partitioning = false)),
+picks AS (
+    SELECT layer, head, string_agg(text, ' | ' ORDER BY rank) AS texts
+    FROM read_parquet($2, hive_partitioning = false) WHERE rank <= $3 GROUP BY layer, head
+)
+SELECT l.layer, l.head, l.property, l.association, l.ccs5, l.labeller, p.texts
+FROM labels AS l LEFT JOIN picks AS p USING (layer, head)
+ORDER BY l.layer, l.head
+"""
+HEAD_OVERVIEW_NO_TEXTS_SQL = ("SELECT layer, head, property, association, ccs5, labeller, CAST(NULL AS VARCHAR) AS texts "
+                              "FROM read_parquet(?, hive_partitioning = false) ORDER BY layer, head")
+
+
+def head_overview(con: duckdb.DuckDBPyConnection, run: str, top: int = 3) -> pa.Table:
+    """Each labelled head: layer, head, property, association, ccs5, labeller, and its top texts joined by ' | '."""
+    labels = run_files(con, run, "head_labels")
+    if not labels:
+        return pa.table({"layer": pa.array([], pa.int32()), "head": pa.array([], pa.int32()),
+                         "property": pa.array([], pa.string()), "association": pa.array([], pa.float32()),
+                         "ccs5": pa.array([], pa.int32()), "labeller": pa.array([], pa.string()),
+                         "texts": pa.array([], pa.string())})
+    picks = run_files(con, run, "head_texts")
+    if not picks:
+        return _fetch(con, HEAD_OVERVIEW_NO_TEXTS_SQL, [labels])
+    return _fetch(con, HEAD_OVERVIEW_SQL, [labels, picks, int(top)])

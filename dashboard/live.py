@@ -1,17 +1,25 @@
 """Live analysis of an uploaded image: upload -> RGB image -> preprocess -> decomposition -> frames.
 
 No streamlit here: pages call these functions and show ``InterpretError`` messages
-with ``st.error``.
+with ``st.error``. The analyses below the upload section are the five of DESIGN.md
+section 5, as pure functions over numpy arrays; the caller (``dashboard.state``)
+holds the model's lock around anything that runs the model.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
+import torch
 from PIL import ExifTags, Image
 
+from precompute.decompose import Decomposer, spatial_maps
 from precompute.errors import InputError
 from precompute.images import to_rgb
+from precompute.registry import LoadedModel
 
 # --------------------------------------------------------------------------- uploads
 #
@@ -170,3 +178,181 @@ def _exif_rotated(img: Image.Image) -> bool:
         return img.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
     except (OSError, SyntaxError, ValueError):
         return False
+
+
+# --------------------------------------------------------------------------- decomposition of one image
+
+
+@dataclass(frozen=True)
+class LiveImage:
+    """One image decomposed by the live model: the terms the analyses need, as numpy."""
+
+    view: Image.Image  # the crop the model saw, at its input size (what maps are overlaid on)
+    embedding: np.ndarray  # [D] normalised image embedding
+    layers: tuple[int, ...]  # absolute indices of the decomposed layers
+    heads: np.ndarray  # [l, h, D] r[l,h], summed over tokens
+    tokens: np.ndarray | None  # [l, h, t, D] per-token terms (spatial decomposition only)
+    grid: int  # patches per side: t = 1 + grid^2
+
+    def head_vector(self, layer: int, head: int) -> np.ndarray:
+        return self.heads[self.layers.index(layer), head]  # [D]
+
+
+def _normalize_stats(preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the preprocessing's Normalize step (open_clip's OpenAI defaults if it has none)."""
+    for t in getattr(preprocess, "transforms", ()):
+        if hasattr(t, "mean") and hasattr(t, "std"):
+            return np.asarray(t.mean, dtype=np.float32), np.asarray(t.std, dtype=np.float32)
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return np.asarray(OPENAI_DATASET_MEAN, np.float32), np.asarray(OPENAI_DATASET_STD, np.float32)
+
+
+def model_view(pixels: torch.Tensor, preprocess) -> Image.Image:
+    """Undo the normalisation of a preprocessed [3, H, W] tensor: the exact crop the model saw."""
+    mean, std = _normalize_stats(preprocess)
+    arr = pixels.detach().float().cpu().numpy().transpose(1, 2, 0) * std + mean  # [H, W, 3] in 0..1
+    return Image.fromarray(np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def decompose_image(loaded: LoadedModel, decomposer: Decomposer, image: Image.Image) -> LiveImage:
+    """Preprocess like the precompute (``LoadedModel.preprocess``) and decompose; hold the model lock around this."""
+    pixels = loaded.preprocess(image)  # [3, H, W]
+    device = next(loaded.model.parameters()).device
+    dec = decomposer(pixels[None].to(device))  # batch of one
+    tokens = dec.tokens[0].cpu().numpy() if dec.tokens is not None else None  # [l, h, t, D]
+    return LiveImage(model_view(pixels, loaded.preprocess), dec.embedding[0].cpu().numpy(), dec.layers,
+                     dec.heads[0].cpu().numpy(), tokens, loaded.info.grid)  # [D], [l, h, D]
+
+
+# --------------------------------------------------------------------------- spatial maps (analyses 2 and 3)
+
+
+def head_maps(live: LiveImage, query: np.ndarray) -> np.ndarray:
+    """Every decomposed head's spatial map for a query direction: [l, h, grid, grid] (``spatial_maps``)."""
+    if live.tokens is None:
+        raise InputError("this decomposition has no per-token terms; decompose with spatial=True for maps")
+    query = torch.tensor(np.asarray(query, dtype=np.float32))  # a copy: cached embeddings are read-only
+    maps = spatial_maps(torch.from_numpy(live.tokens), query, live.grid)
+    return maps.numpy()  # [l, h, g, g]
+
+
+def summed_map(maps: np.ndarray, layers: Sequence[int], chosen: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Sum of the chosen heads' maps, [grid, grid]; InputError for a head that was not decomposed."""
+    if not chosen:
+        raise InputError("choose at least one head")
+    missing = [(l, h) for l, h in chosen if l not in layers or not 0 <= h < maps.shape[1]]
+    if missing:
+        raise InputError(f"heads {', '.join(f'L{l}.H{h}' for l, h in missing)} were not decomposed; "
+                         f"layers available: {', '.join(map(str, layers))}, heads 0..{maps.shape[1] - 1}")
+    return sum(maps[layers.index(l), h] for l, h in chosen)  # [g, g]
+
+
+def contrastive_map(maps1: np.ndarray, maps2: np.ndarray, layers: Sequence[int],
+                    chosen: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(map(t1), map(t2), map(t1) - map(t2)), each summed over the SAME chosen heads: [grid, grid] each."""
+    m1, m2 = summed_map(maps1, layers, chosen), summed_map(maps2, layers, chosen)
+    return m1, m2, m1 - m2
+
+
+def map_frame(grid_map: np.ndarray):
+    """A [g, g] map as a long table (row, col, value) for CSV download."""
+    import pandas as pd
+
+    g_rows, g_cols = grid_map.shape
+    rows, cols = np.divmod(np.arange(g_rows * g_cols), g_cols)  # [g*g] each
+    return pd.DataFrame({"row": rows, "col": cols, "value": grid_map.reshape(-1)})  # [g, g] -> [g*g]
+
+
+# --------------------------------------------------------------------------- nearest neighbours (1, 4, 5)
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """||v_i|| for each row, float32 [n]."""
+    return np.linalg.norm(vectors, axis=1).astype(np.float32)
+
+
+def similarities(query: np.ndarray, vectors: np.ndarray, norms: np.ndarray | None = None,
+                 cosine: bool = False) -> np.ndarray:
+    """Dot products of every row of ``vectors`` [n, d] with ``query`` [d], or cosines (``norms``: row norms)."""
+    query = np.asarray(query, dtype=np.float32).reshape(-1)  # [d]
+    if vectors.ndim != 2 or query.shape[0] != vectors.shape[1]:
+        raise InputError(f"a query of width {query.shape[0]} cannot be compared with vectors of shape "
+                         f"{vectors.shape}; the run and the model must have the same output width")
+    scores = vectors @ query  # [n]
+    if cosine:
+        norms = row_norms(vectors) if norms is None else norms
+        scores = scores / np.maximum(norms * np.linalg.norm(query), 1e-12)
+    return scores
+
+
+def top_k(scores: np.ndarray, k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices [k], scores [k]) of the k largest scores, best first; row ``exclude`` left out."""
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if exclude is not None:
+        scores = scores.copy()
+        scores[exclude] = -np.inf
+    n = len(scores) - (exclude is not None)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, scores.dtype)
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))  # [k], unordered
+    top = top[np.argsort(-scores[top], kind="stable")][:k]
+    return top, scores[top]
+
+
+def heads_with_property(labels, prop: str) -> list[tuple[int, int]]:
+    """(layer, head) of every head labelled ``prop``, from a head_labels table or frame."""
+    frame = labels.to_pandas() if hasattr(labels, "to_pandas") else labels
+    hit = frame[frame["property"] == prop]
+    return [(int(l), int(h)) for l, h in zip(hit["layer"], hit["head"])]
+
+
+def mean_vector(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of r[l,h] over a property's heads: the property's query vector (analysis 1). [.., D] each."""
+    if not vectors:
+        raise InputError("no heads carry this property")
+    return np.mean(np.stack(vectors), axis=0)  # [heads, ..., D] -> [..., D]
+
+
+def principal_direction(vectors: np.ndarray) -> np.ndarray:
+    """First principal direction of the centred rows of ``vectors`` [n, D]: top eigenvector of the covariance, [D].
+
+    The sign is chosen so that the projections' third moment is positive (the longer tail points along +v),
+    so "largest projection" names the images the direction stands out in.
+    """
+    centred = vectors - vectors.mean(0)  # [n, D]
+    cov = (centred.T @ centred).astype(np.float64)  # [D, D]; one BLAS call, exact (no iteration to converge)
+    v = np.linalg.eigh(cov)[1][:, -1].astype(np.float32)  # [D], eigenvalues ascending
+    proj = centred @ v  # [n]
+    return v if np.sum(proj.astype(np.float64) ** 3) >= 0 else -v
+
+
+def neighbours_frame(image_ids: np.ndarray, scores: np.ndarray, meta, **context):
+    """Ranked neighbour table: rank, image_id, path, label, score, then ``context`` columns (run, layer, ...).
+
+    ``meta`` is the run's image table (image_id, path, label, ...), joined on image_id.
+    """
+    import pandas as pd
+
+    frame = meta.to_pandas() if hasattr(meta, "to_pandas") else meta
+    out = pd.DataFrame({"rank": np.arange(1, len(image_ids) + 1), "image_id": np.asarray(image_ids, np.int64),
+                        "score": np.asarray(scores, dtype=np.float64)})
+    out = out.merge(frame[["image_id", "path", "label"]], on="image_id", how="left")
+    out = out[["rank", "image_id", "path", "label", "score"]]
+    for key, value in context.items():
+        out[key] = value
+    return out
+
+
+def top_along(vectors: np.ndarray, direction: np.ndarray, k: int, centred: bool = False):
+    """(rows [k], projections [k]) of the rows with the largest projection on unit(direction), best first.
+
+    ``centred`` subtracts the mean row first (for a principal direction, defined on centred data).
+    """
+    unit = np.asarray(direction, np.float32) / max(float(np.linalg.norm(direction)), 1e-12)  # [D]
+    scores = vectors @ unit  # [n]
+    if centred:
+        scores = scores - float(vectors.mean(0) @ unit)
+    return top_k(scores, k)

@@ -1,0 +1,37 @@
+"""Analysis 4 · Per-head nearest neighbours of an image: the images one head sees as closest to the query."""
+
+import streamlit as st
+
+from dashboard import imagesource, live, state, widgets
+from dashboard.widgets import head_name
+
+ctx = widgets.current_run()
+st.title("4 · Image neighbours, per head")
+st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
+widgets.need_stage(ctx, "decompose")
+
+left, right = st.columns(2, gap="large")
+with right:
+    layer, head = widgets.head_picker(ctx, "inn")
+    k = widgets.k_slider("inn")
+    cosine = widgets.cosine_choice("inn")
+    st.caption(f"Score: r[{layer},{head}] of the query against r[{layer},{head}] of every dataset image "
+               f"({'cosine' if cosine else 'dot product'}). A dataset image's vector comes from the run; "
+               "an upload is decomposed by the live model.")
+with left:
+    q = imagesource.image_picker(ctx, "inn")
+
+m = state.head_matrix(ctx.cat, ctx.name, layer, head)
+exclude = None
+if q.is_dataset:
+    exclude = m.row_of(q.image_id)
+    query = m.vectors[exclude]  # [D], straight from the run: no model needed
+else:
+    bundle = imagesource.require_model(ctx, "an uploaded image")
+    query = imagesource.live_image(ctx, bundle, q).head_vector(layer, head)  # [D]
+rows, scores = live.top_k(live.similarities(query, m.vectors, m.norms, cosine), k, exclude)
+frame = live.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+                              layer=layer, head=head, query=q.name, similarity="cosine" if cosine else "dot")
+st.markdown(f"#### {len(frame)} nearest images by {head_name(layer, head)}"
+            + (" (the query image itself left out)" if exclude is not None else ""))
+widgets.show_neighbours(ctx, frame, f"image-neighbours_{head_name(layer, head)}", key="inn")

@@ -1,0 +1,45 @@
+"""Analysis 1 · Property nearest neighbours: the dataset images closest to the query by one property's heads."""
+
+import streamlit as st
+
+from dashboard import data, imagesource, live, state, urlstate, widgets
+from dashboard.widgets import head_name
+from precompute.labels import MIXED
+
+ctx = widgets.current_run()
+st.title("1 · Property nearest neighbours")
+st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
+widgets.need_stage(ctx, "label")
+
+labels = data.head_labels(ctx.con, ctx.name).to_pandas()
+properties = sorted(set(labels["property"]) - {MIXED})
+if not properties:
+    st.info(f"No head of run {ctx.name!r} has a property other than '{MIXED}'.")
+    st.stop()
+left, right = st.columns(2, gap="large")
+with right:
+    prop = urlstate.selectbox("Property", properties, key="pnn.prop", param="prop")
+    heads = live.heads_with_property(labels, prop)
+    st.caption(f"Query vector: the mean of r[l,h] over the {len(heads)} head{'s' if len(heads) != 1 else ''} "
+               f"labelled **{prop}** ({', '.join(head_name(*h) for h in heads)}); every dataset image gets the "
+               "same mean over the same heads, and the closest are shown.")
+    k = widgets.k_slider("pnn")
+    cosine = widgets.cosine_choice("pnn")
+with left:
+    q = imagesource.image_picker(ctx, "pnn")
+
+m = state.mean_matrix(ctx.cat, ctx.name, heads)
+exclude = None
+if q.is_dataset:
+    exclude = m.row_of(q.image_id)
+    query = m.vectors[exclude]  # [D]
+else:
+    bundle = imagesource.require_model(ctx, "an uploaded image")
+    li = imagesource.live_image(ctx, bundle, q)
+    query = live.mean_vector([li.head_vector(l, h) for l, h in heads])  # [D]
+rows, scores = live.top_k(live.similarities(query, m.vectors, m.norms, cosine), k, exclude)
+frame = live.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+                              property=prop, query=q.name, similarity="cosine" if cosine else "dot")
+st.markdown(f"#### {len(frame)} nearest images by the **{prop}** heads"
+            + (" (the query image itself left out)" if exclude is not None else ""))
+widgets.show_neighbours(ctx, frame, f"property-neighbours_{prop}", key="pnn")

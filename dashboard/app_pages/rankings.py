@@ -1,0 +1,63 @@
+"""Rankings: every model's interpretability scores side by side, and each model's heads by property."""
+
+import streamlit as st
+
+from dashboard import charts, data, hints, widgets
+from dashboard.widgets import head_name
+
+HEAD_PAGE = widgets.PAGES / "head.py"
+
+
+def open_head(run: str, layer: int, head: int) -> None:
+    st.switch_page(HEAD_PAGE, query_params={"run": run, "layer": str(layer), "head": str(head)})
+
+
+def missing_stage_note(names: list[str], stage: str, what: str) -> None:
+    """One expander naming the runs that lack ``stage`` and the command that adds it to each."""
+    if not names:
+        return
+    with st.expander(f"{len(names)} run{'s are' if len(names) > 1 else ' is'} {what}: {', '.join(names)}"):
+        for name in names:
+            row = cat.runs[name]
+            st.markdown(hints.stage_hint(name, row["manifest"], row["path"], list(row["stages"] or []), stage))
+
+
+ctx = widgets.current_run()
+cat = ctx.cat
+st.title("Rankings")
+st.caption("Models ranked by each score of the score stage, best first. Arrows say which way is better: "
+           "**entanglement is better when lower** (fewer heads share a property).")
+
+scores = data.model_scores(cat.con).to_pandas()
+chart = charts.score_rankings(scores)
+if chart is None:
+    st.info("No run has scores yet.")
+else:
+    st.altair_chart(chart, width="content")
+    with st.expander("The scores, as a table"):
+        st.dataframe(scores, hide_index=True, width="stretch",
+                     column_config={s.column: st.column_config.NumberColumn(s.title, help=s.help, format="%.3f")
+                                    for s in charts.available_scores(scores)})
+missing_stage_note(sorted(set(cat.runs) - set(scores["run"])), "score", "not scored yet")
+
+st.header("Heads by property")
+st.caption("One cell per head: colour = its property label, opacity = its association score (grey = mixed). "
+           "Click a cell to open the head.")
+overviews = {n: data.head_overview(cat.con, n).to_pandas() for n in sorted(cat.runs)}
+labelled = {n: f for n, f in overviews.items() if not f.empty}
+domain, colours = charts.property_colours(p for f in labelled.values() for p in f["property"])
+for name, frame in labelled.items():
+    grid = charts.head_grid(frame, f"{name} · {cat.runs[name]['architecture']}", domain, colours)
+    event = st.altair_chart(grid, on_select="rerun", key=f"grid.{name}", width="content")
+    picked = (event.selection.get(charts.HEAD_SELECTION) or []) if event else []
+    if picked and "layer" in picked[0] and "head" in picked[0]:
+        open_head(name, int(picked[0]["layer"]), int(picked[0]["head"]))
+missing_stage_note(sorted(set(cat.runs) - set(labelled)), "label", "not labelled yet")
+
+if labelled:
+    choices = [(n, int(r.layer), int(r.head), r.property) for n, f in labelled.items() for r in f.itertuples()]
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = left.selectbox("Or choose a head", choices, key="rankings.open",
+                            format_func=lambda c: f"{c[0]} · {head_name(c[1], c[2])} ({c[3]})")
+    if right.button("Open in the head explorer", key="rankings.go"):
+        open_head(*chosen[:3])

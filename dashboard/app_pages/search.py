@@ -1,0 +1,67 @@
+"""Search heads: by property label, by the words of their TEXTSPAN texts, and by meaning (live text model)."""
+
+import streamlit as st
+
+from dashboard import data, headsearch, imagesource, state, urlstate, widgets
+from dashboard.widgets import head_name
+
+HEAD_PAGE = widgets.PAGES / "head.py"
+
+
+def open_head(layer: int, head: int) -> None:
+    st.switch_page(HEAD_PAGE, query_params={"run": ctx.name, "layer": str(layer), "head": str(head)})
+
+
+def open_head_from(frame, key: str) -> None:
+    """One row per head: click a row (or pick it in the box below) to open that head."""
+    event = st.dataframe(frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                         key=f"{key}.table")
+    heads = list(zip(frame["layer"].astype(int), frame["head"].astype(int)))
+    if event and event.selection.rows:
+        open_head(*heads[event.selection.rows[0]])
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    pick = left.selectbox("Open", heads, key=f"{key}.pick", format_func=lambda c: head_name(*c))
+    if right.button("Open in the head explorer", key=f"{key}.go"):
+        open_head(*pick)
+
+
+ctx = widgets.current_run()
+st.title("Search heads")
+st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
+widgets.need_stage(ctx, "textspan")
+
+modes = {"text": "by text", "property": "by property"}
+urlstate.seed("search.by", "by", valid=lambda v: v in modes)
+by = st.radio("Search", list(modes), key="search.by", format_func=modes.get, horizontal=True)
+urlstate.publish("by", by)
+
+if by == "property":
+    widgets.need_stage(ctx, "label")
+    overview = data.head_overview(ctx.con, ctx.name).to_pandas()
+    prop = urlstate.selectbox("Property", sorted(overview["property"].unique()), key="search.prop", param="prop")
+    hits = headsearch.by_property(overview, prop)
+    st.markdown(f"**{len(hits)}** head{'s' if len(hits) != 1 else ''} labelled **{prop}**.")
+    open_head_from(hits, "search.prop")
+    st.stop()
+
+q = urlstate.text_input("Text", key="search.q", param="q", placeholder="e.g. colour, a dog, night")
+if not q:
+    st.info("Type a word or a description: heads whose TEXTSPAN texts contain it are listed, and, when the run's "
+            "model can be loaded, heads whose texts are closest in meaning.")
+    st.stop()
+words = headsearch.by_words(data.search_head_texts(ctx.con, ctx.name, q).to_pandas())
+st.markdown(f"#### Texts containing “{q}”: {len(words)} head{'s' if len(words) != 1 else ''}")
+if words.empty:
+    st.caption("No stored TEXTSPAN text contains these words.")
+else:
+    open_head_from(words, "search.words")
+
+st.markdown("#### Closest in meaning")
+bundle = imagesource.live_model(ctx, "searching by meaning")
+if bundle is not None:
+    frame, emb = state.text_table(ctx.cat, ctx.name)
+    ranked = headsearch.by_meaning(state.text_embedding(bundle, q), data.all_head_texts(ctx.con, ctx.name)
+                                   .to_pandas(), frame["text_id"].to_numpy(), emb)
+    st.caption("Each head scored by the best cosine between your text and any of its TEXTSPAN texts "
+               "(embedded by the run's own model).")
+    open_head_from(ranked.head(20), "search.meaning")

@@ -1,0 +1,225 @@
+"""Everything the dashboard caches, and the only ``st.cache_*`` code.
+
+- the catalog: a DuckDB connection over the runs (``data.connect``), cached per data
+  folder and rebuilt when the runs on disk change (a manifest rewritten, a file added);
+- per-(run, layer, head) matrices of head vectors, property means, principal directions,
+  keyed by the run's manifest stamp so a rewritten run is read again;
+- the model of a run, loaded once per process per ``ModelSpec`` and shared by every
+  session; ``ModelBundle.lock`` is held for the whole of every forward pass (image or
+  text): hooks and the model are not safe to share between concurrent passes;
+- live decompositions of uploads and dataset images, and text embeddings.
+
+Cached objects are shared between sessions: treat the arrays as read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from dashboard import data, live
+from dashboard.rundirs import Discovery, discover_runs
+from precompute import registry
+from precompute.decompose import Decomposer
+from precompute.errors import InterpretError
+from precompute.textenc import encode_texts
+
+MODEL_RETRY_S = 60.0  # a model that failed to load is tried again after this long
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The runs under one data folder and the connection whose views read them."""
+
+    data_dir: str
+    con: duckdb.DuckDBPyConnection
+    runs: dict[str, dict]  # run name -> its row of the ``runs`` view
+    keys: dict[str, str]  # run name -> cache key: path + manifest stamp
+    problems: list[str]
+
+
+def _fingerprint(found: Discovery) -> str:
+    parts = [(r.name, r.stamp, sorted((t, len(f), f[:1], f[-1:]) for t, f in r.tables.items())) for r in found.runs]
+    return hashlib.sha1(repr((parts, found.problems)).encode()).hexdigest()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _catalog(data_dir: str, fingerprint: str, _found: Discovery) -> Catalog:
+    con = data.connect(data_dir)
+    rows = {r["run"]: r for r in data.runs(con).to_pylist()}
+    keys = {r.name: f"{r.path}@{r.stamp[0]}:{r.stamp[1]}" for r in _found.runs}
+    return Catalog(data_dir, con, rows, keys, data.run_problems(con))
+
+
+def catalog(data_dir: str) -> Catalog:
+    """The runs under ``data_dir`` (InputError when the folder is missing), rebuilt when they change on disk."""
+    found = discover_runs(data_dir)
+    return _catalog(found.data_dir, _fingerprint(found), found)
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+@dataclass(frozen=True)
+class HeadMatrix:
+    """Vectors of every dataset image for one head (or a mean over heads), rows sorted by image id."""
+
+    ids: np.ndarray  # [n] int64, ascending
+    vectors: np.ndarray  # [n, D] float32
+    norms: np.ndarray  # [n] float32
+
+    def row_of(self, image_id: int) -> int | None:
+        i = int(np.searchsorted(self.ids, image_id))
+        return i if i < len(self.ids) and self.ids[i] == image_id else None
+
+
+def _frozen(ids: np.ndarray, vectors: np.ndarray) -> HeadMatrix:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    m = HeadMatrix(ids, vectors, live.row_norms(vectors))
+    for a in (m.ids, m.vectors, m.norms):
+        a.flags.writeable = False  # shared between sessions
+    return m
+
+
+@st.cache_resource(max_entries=16, show_spinner="Reading head vectors ...")
+def _head_matrix(_cat: Catalog, run_key: str, run: str, layer: int, head: int) -> HeadMatrix:
+    return _frozen(*data.head_vectors(_cat.con, run, layer, head))
+
+
+def head_matrix(cat: Catalog, run: str, layer: int, head: int) -> HeadMatrix:
+    return _head_matrix(cat, cat.keys[run], run, int(layer), int(head))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Averaging the property's heads ...")
+def _mean_matrix(_cat: Catalog, run_key: str, run: str, heads: tuple[tuple[int, int], ...]) -> HeadMatrix:
+    first = head_matrix(_cat, run, *heads[0])
+    total = first.vectors.astype(np.float32, copy=True)  # [n, D]
+    for layer, head in heads[1:]:
+        m = head_matrix(_cat, run, layer, head)
+        if not np.array_equal(m.ids, first.ids):
+            raise InterpretError(f"run {run!r}: heads L{layer}.H{head} and L{heads[0][0]}.H{heads[0][1]} "
+                                 "cover different images; rerun the decompose stage")
+        total += m.vectors
+    return _frozen(first.ids, total / len(heads))
+
+
+def mean_matrix(cat: Catalog, run: str, heads: list[tuple[int, int]]) -> HeadMatrix:
+    """Mean of r[l,h] over ``heads`` for every dataset image (the property vector of analysis 1)."""
+    return _mean_matrix(cat, cat.keys[run], run, tuple(sorted(heads)))
+
+
+@st.cache_resource(max_entries=64, show_spinner="Finding the head's principal direction ...")
+def _principal(_cat: Catalog, run_key: str, run: str, layer: int, head: int) -> np.ndarray:
+    return live.principal_direction(head_matrix(_cat, run, layer, head).vectors)
+
+
+def principal_direction(cat: Catalog, run: str, layer: int, head: int) -> np.ndarray:
+    return _principal(cat, cat.keys[run], run, int(layer), int(head))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _text_table(_cat: Catalog, run_key: str, run: str):
+    table = data.texts(_cat.con, run)
+    return table.drop_columns(["embedding"]).to_pandas(), data.to_matrix(table.column("embedding"))  # [m, D]
+
+
+def text_table(cat: Catalog, run: str):
+    """(the run's text pool as a frame without embeddings, embeddings [m, D])."""
+    return _text_table(cat, cat.keys[run], run)
+
+
+# --------------------------------------------------------------------------- the live model
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model shared by every session; hold ``lock`` for every forward pass."""
+
+    loaded: registry.LoadedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    decomposers: dict = field(default_factory=dict)  # (layers, spatial) -> Decomposer
+
+    def decomposer(self, layers: tuple[int, ...], spatial: bool = True) -> Decomposer:
+        """The Decomposer for these layers (built once; call with the lock held)."""
+        key = (tuple(layers), spatial)
+        if key not in self.decomposers:
+            self.decomposers[key] = Decomposer(self.loaded.model, layers, spatial=spatial)
+        return self.decomposers[key]
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _spec(manifest_json: str) -> tuple[registry.ModelSpec | None, str | None]:
+    return registry.spec_from_manifest(json.loads(manifest_json).get("model") or {}, device="auto")
+
+
+def model_spec(run_row: dict) -> tuple[registry.ModelSpec | None, str | None]:
+    """The run's ModelSpec from its manifest, or why its weights are not available here."""
+    return _spec(run_row["manifest"])
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (once per server) ...")
+def _bundle(spec: registry.ModelSpec) -> ModelBundle:
+    return ModelBundle(registry.load_model(spec))
+
+
+@st.cache_resource(show_spinner=False)
+def _failures() -> dict:
+    return {}  # spec -> (time, message): recent load failures, not retried on every click
+
+
+def model_bundle(spec: registry.ModelSpec) -> tuple[ModelBundle | None, str | None]:
+    """(bundle, None), or (None, why the model could not be loaded)."""
+    failed = _failures().get(spec)
+    if failed and time.monotonic() - failed[0] < MODEL_RETRY_S:
+        return None, failed[1]
+    try:
+        return _bundle(spec), None
+    except InterpretError as e:
+        _failures()[spec] = (time.monotonic(), str(e))
+        return None, str(e)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Decomposing the image ...")
+def _live_image(_bundle: ModelBundle, spec: registry.ModelSpec, digest: str, layers: tuple[int, ...],
+                _image: Image.Image) -> live.LiveImage:
+    with _bundle.lock:  # the whole forward pass, hooks included
+        return live.decompose_image(_bundle.loaded, _bundle.decomposer(layers), _image)
+
+
+def live_image(bundle: ModelBundle, digest: str, layers: tuple[int, ...], image: Image.Image) -> live.LiveImage:
+    """Spatial decomposition of ``image`` (identified by ``digest``) over ``layers``, cached."""
+    return _live_image(bundle, bundle.loaded.spec, digest, tuple(layers), image)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _text_embedding(_bundle: ModelBundle, spec: registry.ModelSpec, text: str) -> np.ndarray:
+    with _bundle.lock:
+        emb = encode_texts(_bundle.loaded, [text])[0]  # [D]
+    emb.flags.writeable = False
+    return emb
+
+
+def text_embedding(bundle: ModelBundle, text: str) -> np.ndarray:
+    """Normalised text embedding [D] by the run's model (the same function as the textspan stage)."""
+    return _text_embedding(bundle, bundle.loaded.spec, text)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _image_table(_cat: Catalog, run_key: str, run: str):
+    return data.image_meta(_cat.con, run).to_pandas()
+
+
+def image_table(cat: Catalog, run: str):
+    """image_id, path, label, width, height of every image of the run (a frame; do not modify)."""
+    return _image_table(cat, cat.keys[run], run)

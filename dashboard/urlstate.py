@@ -1,0 +1,111 @@
+"""Permalinks: every widget that defines what a page shows mirrors itself in ``st.query_params``.
+
+A widget's value comes, in order of precedence, from
+
+1. the URL, when it carries a value this session has not applied yet (a pasted link,
+   a link from another page, the first load);
+2. the widget's own state (the user changed it);
+3. the value last shown for the same parameter on any page (so the chosen head
+   follows you from the head explorer to an analysis);
+4. the widget's default.
+
+After the widget is drawn its value is written back to the URL. Invalid URL values
+(an unknown run, a layer the run does not have) are ignored, not errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import streamlit as st
+
+_APPLIED = "_url_applied"  # param -> the raw URL value this session last applied or wrote
+_STICKY = "_url_sticky"  # param -> the last value any page showed
+
+
+def _memory(name: str) -> dict:
+    return st.session_state.setdefault(name, {})
+
+
+def seed(key: str, param: str, parse: Callable[[str], Any] = str,
+         valid: Callable[[Any], bool] = lambda v: True) -> None:
+    """Put the URL's (or the sticky) value of ``param`` into widget state ``key`` when it should win."""
+    applied, sticky = _memory(_APPLIED), _memory(_STICKY)
+    raw = st.query_params.get(param)
+    fresh = key not in st.session_state
+    if raw is not None and (fresh or applied.get(param) != raw):
+        applied[param] = raw
+        try:
+            value = parse(raw)
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and valid(value):
+            st.session_state[key] = value
+            return
+    if key in st.session_state and not valid(st.session_state[key]):
+        del st.session_state[key]  # e.g. a layer of the previously chosen run
+    if key not in st.session_state and param in sticky and valid(sticky[param]):
+        st.session_state[key] = sticky[param]
+
+
+def publish(param: str, value: Any, to_text: Callable[[Any], str] = str) -> None:
+    """Write the shown value to the URL (None removes the parameter) and remember it."""
+    applied, sticky = _memory(_APPLIED), _memory(_STICKY)
+    if value is None or value == "" or value == []:
+        if param in st.query_params:
+            del st.query_params[param]
+        applied.pop(param, None)
+        return
+    text = to_text(value)
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+    applied[param] = text
+    sticky[param] = value
+
+
+def selectbox(label: str, options: Sequence, key: str, param: str, parse: Callable[[str], Any] = str,
+              to_text: Callable[[Any], str] = str, container=st, **kwargs) -> Any:
+    """``st.selectbox`` whose value lives in the URL as ``param``."""
+    seed(key, param, parse, valid=lambda v: v in options)
+    value = container.selectbox(label, options, key=key, **kwargs)
+    publish(param, value, to_text)
+    return value
+
+
+def text_input(label: str, key: str, param: str, container=st, **kwargs) -> str:
+    """``st.text_input`` whose value lives in the URL as ``param``."""
+    seed(key, param)
+    value = container.text_input(label, key=key, **kwargs)
+    publish(param, value.strip() or None)
+    return value.strip()
+
+
+def number(label: str, key: str, param: str, lo: int, hi: int, default: int, container=st, **kwargs) -> int:
+    """An integer slider whose value lives in the URL as ``param``."""
+    seed(key, param, int, valid=lambda v: lo <= v <= hi)
+    if key not in st.session_state:
+        st.session_state[key] = min(max(default, lo), hi)
+    value = container.slider(label, lo, hi, key=key, **kwargs) if hi > lo else lo
+    publish(param, value)
+    return int(value)
+
+
+def ints(text: str) -> list[int]:
+    """'9,10,11' -> [9, 10, 11]."""
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+def ints_text(values: Sequence[int]) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+def multiselect(label: str, options: Sequence[int], key: str, param: str, default: Sequence[int],
+                container=st, **kwargs) -> list[int]:
+    """``st.multiselect`` of integers (layers) whose value lives in the URL as '9,10,11'."""
+    seed(key, param, ints, valid=lambda v: bool(v) and all(x in options for x in v))
+    if key not in st.session_state:
+        st.session_state[key] = [v for v in default if v in options]
+    value = container.multiselect(label, options, key=key, **kwargs)
+    publish(param, value or None, ints_text)
+    return list(value)
