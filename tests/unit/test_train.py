@@ -194,12 +194,15 @@ def test_shipped_model_loads_by_name():
 
 @pytest.mark.slow
 def test_thirty_seconds_of_training_lowers_the_loss(tmp_path):
-    cfg = TrainConfig(model="toy-s", minutes=0.5, batch_size=64, warmup=10)
+    # A step budget, not a clock budget: the same steps (and the same seeded batches) on a fast or a busy machine.
+    # About 20-30 s here. Measured: total 24.8 -> 22.5, contrastive 3.91 -> 3.35, auxiliary 1.39 -> 1.27.
+    cfg = TrainConfig(model="toy-s", minutes=None, steps=60, batch_size=64, warmup=10)
     _, state = train(cfg, tmp_path, progress=False)
     losses = np.array(state.losses)  # [step, total, contrastive, aux] every 10 steps
-    assert len(losses) >= 3
-    assert losses[-1, 1] < 0.8 * losses[0, 1]
-    assert losses[-1, 3] < losses[0, 3]
+    assert len(losses) == 6
+    assert losses[-1, 1] < 0.95 * losses[0, 1]
+    assert losses[-1, 2] < 0.95 * losses[0, 2]
+    assert losses[-1, 3] < 0.95 * losses[0, 3]
 
 
 SHIPPED = ["toy-s", "toy-m", "toy-l"]
