@@ -64,10 +64,11 @@ def toy_models() -> list[str]:
     return sorted(names, key=lambda m: (order.get(m.removeprefix(TOY_PREFIX), 9), m))
 
 
-def ensure_default_probe(progress: bool = True, path: Path = DEFAULT_PROBE) -> Path:
+def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Path:
     """The toy-world probe set of the embedded default, generated on first use."""
     from precompute.toyworld import ATTRIBUTES_FILE, write_probe_set
 
+    path = path or DEFAULT_PROBE
     if not (path / ATTRIBUTES_FILE).is_file():
         write_probe_set(path, DEFAULT_PROBE_N, DEFAULT_PROBE_SEED, progress=progress)
     return path

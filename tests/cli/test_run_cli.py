@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from precompute import schema
+from precompute.captions import ATTRIBUTE_NAMES
 from precompute.cli import app
 from tests.conftest import make_image_folder
 
@@ -191,3 +192,39 @@ def test_llm_labeller_through_the_label_command(tiny_run, monkeypatch):
     assert "sk-test-secret" not in (out / schema.HEAD_LABELS_FILE).read_bytes().decode("latin-1")
     fallback = [r for r in rows if r["labeller"] == "pool"]
     assert len(fallback) == 1 and "llm_fallback" in json.loads(fallback[0]["provenance"])
+
+
+def test_run_on_a_shipped_toy_model_scores_labels_against_ground_truth(tmp_path):
+    """The embedded default's path for one model: shipped toy-s weights, a toy-world probe set, the toyworld pool."""
+    probe = tmp_path / "probe"
+    assert invoke("toyworld", "images", "--n", 200, "--seed", 3, "--out", probe).exit_code == 0
+    out = tmp_path / "runs" / "toy-s"
+    result = invoke("run", "--model", "toy-s", "--images", probe, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["architecture"] == "toy-s" and manifest["model"]["weights_kind"] == "local-dir"
+    assert manifest["images"]["count"] == 200 and not manifest["images"]["skipped"]
+    texts = pq.read_table(out / schema.TEXTS_FILE).to_pylist()
+    assert {t["property"] for t in texts} == set(ATTRIBUTE_NAMES)
+    heads = pq.read_table(out / schema.HEAD_SCORES_FILE).to_pylist()
+    assert len(heads) == 16  # toy-s: 4 layers x 4 heads, all analysed
+    assert all(h["best_attribute"] in ATTRIBUTE_NAMES for h in heads)
+    model = pq.read_table(out / schema.MODEL_SCORES_FILE).to_pylist()[0]
+    # trained weights on their own world: labels name the planted attribute far above chance (1/7)
+    assert model["label_agreement"] is not None and model["label_agreement"] > 0.3, model
+    assert model["zeroshot_intact"] > 0.9  # the probe's class folders are shapes, which toy-s knows
+    again = invoke("run", "--model", "toy-s", "--images", probe, "--out", out, "--quiet")
+    assert again.output.count("current, skipped") == 4
+
+
+def test_default_run_covers_every_shipped_toy_model(tmp_path, monkeypatch):
+    from precompute import pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_PROBE_N", 20)
+    monkeypatch.setattr(pipeline, "DEFAULT_PROBE", tmp_path / "probe")
+    monkeypatch.setattr(pipeline, "DEFAULT_RUNS", tmp_path / "runs")
+    requests = pipeline.default_requests(progress=False)
+    assert [r.model for r in requests] == ["toy-s", "toy-m", "toy-l"]
+    assert {r.out for r in requests} == {tmp_path / "runs" / m for m in ("toy-s", "toy-m", "toy-l")}
+    assert (tmp_path / "probe" / "attributes.parquet").is_file()
+    assert all(pipeline.default_pool(r.model) == "toyworld" for r in requests)
