@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from precompute import labels as lab
+from precompute import labels_llm as llm
 from precompute import metrics, schema, store
 from precompute.errors import InputError
 from precompute.stage_textspan import read_picks
@@ -79,11 +80,11 @@ def run_label(run_dir: Path, opts: LabelOptions, force: bool = False) -> bool:
 
 def _llm_labels(pool_labels, picks, opts: LabelOptions, run_dir: Path):
     """Ask the chat model about each head; a head it cannot label keeps its pool label (with a warning)."""
-    config = lab.llm_config(opts.llm_base_url, opts.llm_model, timeout=opts.llm_timeout)
-    examples = lab.load_examples(opts.llm_examples) if opts.llm_examples else lab.load_examples()
+    config = llm.llm_config(opts.llm_base_url, opts.llm_model, timeout=opts.llm_timeout)
+    examples = llm.load_examples(opts.llm_examples) if opts.llm_examples else llm.load_examples()
     allowed = sorted({r["property"] for rows in picks.values() for r in rows if r["property"]})
     return [
-        lab.label_llm(p.layer, p.head, [r["text"] for r in picks[(p.layer, p.head)][:opts.top_k]], allowed, p,
+        llm.label_llm(p.layer, p.head, [r["text"] for r in picks[(p.layer, p.head)][:opts.top_k]], allowed, p,
                       config, examples)
         for p in pool_labels
     ]

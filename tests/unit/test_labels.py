@@ -12,22 +12,17 @@ import pytest
 
 from precompute.errors import InputError
 from precompute.labels import (
-    DEFAULT_EXAMPLES,
     MIXED,
     HeadLabel,
     LabelFallbackWarning,
     Override,
     apply_overrides,
-    build_messages,
-    label_llm,
     label_pool,
-    llm_config,
-    load_examples,
     load_overrides,
     pool_vote,
-    prompt_sha256,
     write_override,
 )
+from precompute.labels_llm import DEFAULT_EXAMPLES, build_messages, label_llm, llm_config, load_examples, prompt_sha256
 
 VE = [0.30, 0.45, 0.55, 0.62, 0.66, 0.70]  # cumulative; increments 0.30 0.15 0.10 0.07 0.04 0.04
 
