@@ -14,6 +14,7 @@ from typing import Callable
 
 from precompute import registry, schema, store
 from precompute.errors import InputError, RunDirError
+from precompute.pools import load_pool
 from precompute.stage_decompose import DecomposeOptions, run_decompose
 from precompute.stage_label import LabelOptions, run_label
 from precompute.stage_score import ScoreOptions, run_score
@@ -97,6 +98,8 @@ def _clear_decompose(run_dir: Path) -> None:
 
 def run_pipeline(req: RunRequest, log: Callable[[str], None] = print, progress: bool = True) -> list[StageReport]:
     """Run every stage for one model; a stage whose output is current for the same inputs is skipped."""
+    ts = req.textspan or TextspanOptions(pool=default_pool(req.model))
+    load_pool(ts.pool)  # a bad pool fails now, not after a long decompose
     weights = registry.parse_weights(req.model, req.pretrained, req.random_init, req.seed)
     loaded = registry.load_model(registry.ModelSpec(req.model, weights, req.device, req.precision))
     out = Path(req.out)
@@ -115,7 +118,6 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print, progress: 
                                f"{summary.images} images, {len(summary.skipped)} skipped"))
     log(_line(reports[-1]))
 
-    ts = req.textspan or TextspanOptions(pool=default_pool(req.model))
     ts = replace(ts, progress=progress)
     for stage, fn in (
         ("textspan", lambda: run_textspan(loaded, out, ts, force=req.force)),

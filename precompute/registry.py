@@ -203,6 +203,7 @@ def parse_weights(architecture: str, pretrained: str | None, random_init: bool =
             raise InputError("--random-init and --pretrained exclude each other: pass one")
         return WeightsSource("none", str(seed))
     if not pretrained:
+        _builtin_config(architecture)  # an unknown name gets its close matches before any talk of weights
         shipped = shipped_weights_dir(architecture)
         if shipped is not None:
             return WeightsSource("local-dir", str(shipped))

@@ -140,6 +140,15 @@ def test_bad_options_are_refused(tiny_run):
     assert missing.exit_code == 2 and "--images is needed" in missing.output
 
 
+def test_a_typo_or_a_missing_pool_fails_before_any_work(tmp_path):
+    images = make_image_folder(tmp_path / "images", per_class=2)
+    typo = invoke("run", "--model", "ViT-B-23", "--images", images, "--out", tmp_path / "a")
+    assert typo.exit_code != 0 and "unknown architecture 'ViT-B-23'" in typo.output and "ViT-B-32" in typo.output
+    pool = invoke("run", *TINY, "--images", images, "--out", tmp_path / "b", "--pool", tmp_path / "nope.csv")
+    assert pool.exit_code != 0 and "nope.csv does not exist" in pool.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_models_command_lists_and_marks():
     result = invoke("models", "ViT-B-32")
     assert result.exit_code == 0 and "ViT-B-32 " in result.output and "decomposable: yes" in result.output
