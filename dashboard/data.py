@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from dashboard.rundirs import discover_runs
+from dashboard.user_sql import run_user_sql  # noqa: F401  (the documented entry point: dashboard.data.run_user_sql)
 from dashboard.views import VIEW_SCHEMAS, create_views
 from precompute import schema
 from precompute.errors import InputError

@@ -210,3 +210,9 @@ def test_queries_from_many_threads_share_one_sandbox(runs_dir):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda q: run_user_sql(q[0], runs_dir[0]).column("n")[0].as_py(), queries))
     assert got == [n for _, n in queries]
+
+
+def test_the_runner_is_reachable_where_the_issue_documents_it():
+    from dashboard import data
+
+    assert data.run_user_sql is run_user_sql
