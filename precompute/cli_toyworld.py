@@ -42,6 +42,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
     aux_weight: Annotated[Optional[float], typer.Option(help="Weight of the auxiliary attribute loss; 0 gives plain CLIP training.")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bf16 autocast on CPU (default: on; see benchmarks/toyworld_speed.py).")] = None,
+    group: Annotated[Optional[int], typer.Option(help="Build batches from groups of this many images that differ in one attribute (hard negatives); 1 draws each image independently.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     out: Annotated[Optional[Path], typer.Option(help="Where to export the trained model (default data/models/toy-<size>).")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Working folder for checkpoints (default data/train/toy-<size>; kept out of data/runs, which the dashboard reads).")] = None,
@@ -54,7 +55,7 @@ def train(
     if minutes is None and steps is None:
         minutes = 15.0
     cfg = config_with(TrainConfig(model=name, minutes=minutes, steps=steps, seed=seed),
-                      batch_size=batch_size, lr=lr, aux_weight=aux_weight, bf16=bf16, threads=threads)
+                      batch_size=batch_size, lr=lr, aux_weight=aux_weight, bf16=bf16, threads=threads, group=group)
     out = out or DATA_DIR / "models" / name
     work = work or DATA_DIR / "train" / name
     record = train_and_export(cfg, out, work, fresh=fresh)

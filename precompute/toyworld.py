@@ -231,14 +231,43 @@ def captions_for(codes: np.ndarray, named: np.ndarray, templates: np.ndarray) ->
     return tuple(out)
 
 
-def render_batch(n: int, seed: int | Sequence[int], dropout: CaptionDropout = NO_DROPOUT) -> Batch:
-    """Render n images with random attributes; the same seed gives byte-identical output."""
+def sample_contrast_codes(n: int, group: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """[n, a] attribute indices in groups of ``group`` rows that share every attribute but one.
+
+    Each group draws one base code and one attribute to vary (uniform over attributes); the varied attribute takes
+    distinct values while it has enough of them. Returns the codes and, per row, the index of the varied attribute.
+    In-batch negatives that differ in one attribute only are what a contrastive loss cannot solve by colour alone.
+    """
+    codes = sample_codes(n, rng)
+    varied = np.empty(n, np.int64)
+    for start in range(0, n, group):
+        rows = slice(start, min(start + group, n))
+        size = rows.stop - rows.start
+        codes[rows] = codes[start]
+        a = int(rng.integers(0, len(ATTRIBUTE_NAMES)))
+        values = len(ATTRIBUTES[ATTRIBUTE_NAMES[a]])
+        codes[rows, a] = rng.permutation(values)[:size] if size <= values else rng.integers(0, values, size)
+        varied[rows] = a
+    return codes, varied
+
+
+def render_batch(n: int, seed: int | Sequence[int], dropout: CaptionDropout = NO_DROPOUT, group: int = 1) -> Batch:
+    """Render n images with random attributes; the same seed gives byte-identical output.
+
+    ``group`` > 1 builds the batch from contrast groups (``sample_contrast_codes``) whose captions always name the
+    attribute their images differ in; 1 (the default, and every probe set) draws each image independently.
+    """
     if n < 0:
         raise InputError(f"number of images must be >= 0, got {n}")
     rng = np.random.default_rng(np.random.SeedSequence(_entropy(seed)))
-    codes = sample_codes(n, rng)
+    if group > 1:
+        codes, varied = sample_contrast_codes(n, group, rng)
+    else:
+        codes, varied = sample_codes(n, rng), None
     images = render_codes(codes, rng)
     named = sample_named(n, rng, dropout)
+    if varied is not None:
+        named[np.arange(n), varied] = True
     templates = rng.integers(0, len(TEMPLATES), n)
     return Batch(images=images, codes=codes, named=named, captions=captions_for(codes, named, templates))
 

@@ -47,7 +47,7 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI mean/std: what open_clip's 
 STD = (0.26862954, 0.26130258, 0.27577711)
 # Fields that define a run: a checkpoint made with other values is not resumed.
 RECIPE_FIELDS = ("model", "seed", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "aux_weight", "dropout",
-                 "pos_init", "bf16")
+                 "pos_init", "bf16", "group")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TrainConfig:
     dropout: CaptionDropout = field(default_factory=CaptionDropout)
     pos_init: str = "sincos"  # initial vision positional embedding: "sincos" (2D sin-cos) or "random" (open_clip's)
     bf16: bool = True
+    group: int = 1  # >1: batches of contrast groups that differ in one attribute (hard in-batch negatives)
     threads: int = 2
     checkpoint_seconds: float = 120.0
 
@@ -76,11 +77,11 @@ class TrainConfig:
             raise InputError("give a training budget: minutes, steps or both")
         checks = {"minutes": self.minutes is None or self.minutes > 0, "steps": self.steps is None or self.steps > 0,
                   "batch_size": self.batch_size >= 2, "lr": self.lr > 0, "aux_weight": self.aux_weight >= 0,
-                  "threads": self.threads >= 1, "pos_init": self.pos_init in ("sincos", "random")}
+                  "threads": self.threads >= 1, "group": 1 <= self.group <= self.batch_size, "pos_init": self.pos_init in ("sincos", "random")}
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"bad training option {name}={getattr(self, name)!r}; minutes, steps, lr must be > 0, "
-                                 "batch_size >= 2, aux_weight >= 0, threads >= 1, pos_init sincos|random")
+                                 "batch_size >= 2, aux_weight >= 0, threads >= 1, 1 <= group <= batch_size, pos_init sincos|random")
 
 
 def model_name(size: str) -> str:
@@ -267,7 +268,7 @@ def train(cfg: TrainConfig, work: Path, fresh: bool = False, progress: bool = Tr
     if ckpt_path.exists() and not fresh:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["recipe"] != _recipe(cfg):
-            diff = {k: (ckpt["recipe"][k], v) for k, v in _recipe(cfg).items() if ckpt["recipe"][k] != v}
+            diff = {k: (ckpt["recipe"].get(k), v) for k, v in _recipe(cfg).items() if ckpt["recipe"].get(k) != v}
             raise InputError(
                 f"checkpoint {ckpt_path} was made with other settings (checkpoint, asked): {diff}; "
                 "use the same options to resume, or --fresh / another --work folder to start over"
@@ -305,7 +306,7 @@ def train(cfg: TrainConfig, work: Path, fresh: bool = False, progress: bool = Tr
         try:
             while not finished() and not stop["stop"]:
                 t0 = time.monotonic()
-                batch = render_batch(cfg.batch_size, (cfg.seed, state.step), cfg.dropout)
+                batch = render_batch(cfg.batch_size, (cfg.seed, state.step), cfg.dropout, cfg.group)
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, state.step, state.elapsed)
                 loss, con_loss, aux_loss = train_step(model, aux, opt, batch, tokens, cfg)
@@ -418,7 +419,8 @@ def training_record(cfg: TrainConfig, state: TrainState, model: torch.nn.Module,
         "recipe": {"aux_weight": cfg.aux_weight, "aux_loss": "mean over attributes of linear CE on the unnormalised image embedding",
                    "contrastive": "symmetric InfoNCE, multi-positive targets from the attributes each caption names",
                    "caption_dropout": asdict(cfg.dropout), "optimizer": "AdamW(0.9, 0.98), wd on matrices only",
-                   "schedule": "linear warmup, cosine over the step/clock budget", "bf16_autocast": cfg.bf16},
+                   "schedule": "linear warmup, cosine over the step/clock budget", "bf16_autocast": cfg.bf16,
+                   "contrast_group": cfg.group},
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "git_commit": _git_commit(),

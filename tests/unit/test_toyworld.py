@@ -44,6 +44,23 @@ def test_captions_name_exactly_the_drawn_named_attributes():
         assert found == expected, text
 
 
+def test_contrast_groups_differ_in_one_named_attribute():
+    batch = render_batch(256, 5, TRAINING_DROPOUT, group=4)
+    for start in range(0, 256, 4):
+        codes, named = batch.codes[start:start + 4], batch.named[start:start + 4]
+        differs = [i for i in range(len(ATTRIBUTE_NAMES)) if len(set(codes[:, i])) > 1]
+        constant = [i for i in range(len(ATTRIBUTE_NAMES)) if len(set(codes[:, i])) == 1]
+        assert len(differs) <= 1 and len(constant) >= len(ATTRIBUTE_NAMES) - 1
+        for i in differs:
+            assert named[:, i].all()  # the captions name what tells the group apart
+            if len(ATTRIBUTES[ATTRIBUTE_NAMES[i]]) >= 4:
+                assert len(set(codes[:, i])) == 4
+    for record, named, text in zip(batch.records(), batch.named, batch.captions):
+        assert mentioned(text) == {a: [record[a]] for a, flag in zip(ATTRIBUTE_NAMES, named) if flag}, text
+    again = render_batch(256, 5, TRAINING_DROPOUT, group=4)
+    assert (again.images == batch.images).all() and again.captions == batch.captions
+
+
 def test_dropout_drops_and_full_captions_name_everything():
     dropped = render_batch(1000, 4, TRAINING_DROPOUT)
     full = render_batch(200, 4)
