@@ -108,6 +108,15 @@ def need_stage(ctx: RunContext, stage: str) -> None:
         st.stop()
 
 
+def run_page(title: str, needs: str) -> RunContext:
+    """The common top of a run's page: title, which run, and a stop with the command when ``needs`` is missing."""
+    ctx = current_run()
+    st.title(title)
+    st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
+    need_stage(ctx, needs)
+    return ctx
+
+
 def head_picker(ctx: RunContext, prefix: str, container=st) -> tuple[int, int]:
     """Layer and head selectors (permalink ``layer``, ``head``)."""
     if not ctx.layers or not ctx.heads:

@@ -4,10 +4,7 @@ import streamlit as st
 
 from dashboard import imagesource, live, overlay, state, urlstate, widgets
 
-ctx = widgets.current_run()
-st.title("3 · Contrastive map")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "decompose")
+ctx = widgets.run_page("3 · Contrastive map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")
 
 left, right = st.columns(2, gap="large")

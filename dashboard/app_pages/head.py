@@ -4,10 +4,7 @@ import streamlit as st
 
 from dashboard import data, headview, widgets
 
-ctx = widgets.current_run()
-st.title("Head explorer")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "decompose")
+ctx = widgets.run_page("Head explorer", needs="decompose")
 
 layer, head = widgets.head_picker(ctx, "head", container=st.sidebar)
 prev, nxt = st.sidebar.columns(2)

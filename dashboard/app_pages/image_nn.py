@@ -5,10 +5,7 @@ import streamlit as st
 from dashboard import imagesource, live, state, widgets
 from dashboard.widgets import head_name
 
-ctx = widgets.current_run()
-st.title("4 · Image neighbours, per head")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "decompose")
+ctx = widgets.run_page("4 · Image neighbours, per head", needs="decompose")
 
 left, right = st.columns(2, gap="large")
 with right:

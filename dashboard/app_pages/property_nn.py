@@ -6,10 +6,7 @@ from dashboard import data, imagesource, live, state, urlstate, widgets
 from dashboard.widgets import head_name
 from precompute.labels import MIXED
 
-ctx = widgets.current_run()
-st.title("1 · Property nearest neighbours")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "label")
+ctx = widgets.run_page("1 · Property nearest neighbours", needs="label")
 
 labels = data.head_labels(ctx.con, ctx.name).to_pandas()
 properties = sorted(set(labels["property"]) - {MIXED})

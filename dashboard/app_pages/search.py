@@ -25,10 +25,7 @@ def open_head_from(frame, key: str) -> None:
         open_head(*pick)
 
 
-ctx = widgets.current_run()
-st.title("Search heads")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "textspan")
+ctx = widgets.run_page("Search heads", needs="textspan")
 
 modes = {"text": "by text", "property": "by property"}
 urlstate.seed("search.by", "by", valid=lambda v: v in modes)

@@ -5,10 +5,7 @@ import streamlit as st
 from dashboard import imagesource, live, state, urlstate, widgets
 from dashboard.widgets import head_name
 
-ctx = widgets.current_run()
-st.title("5 · Text neighbours, per head")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "decompose")
+ctx = widgets.run_page("5 · Text neighbours, per head", needs="decompose")
 bundle = imagesource.require_model(ctx, "embedding a text")
 
 left, right = st.columns(2, gap="large")

@@ -4,10 +4,7 @@ import streamlit as st
 
 from dashboard import imagesource, live, overlay, state, urlstate, widgets
 
-ctx = widgets.current_run()
-st.title("2 · Topic map")
-st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
-widgets.need_stage(ctx, "decompose")
+ctx = widgets.run_page("2 · Topic map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")
 
 left, right = st.columns(2, gap="large")
