@@ -232,31 +232,6 @@ def model_scores(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return _fetch(con, MODEL_SCORES_SQL)
 
 
-# --------------------------------------------------------------------------- nearest neighbours
-
-
-def normalise_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), for cosine instead of dot-product scores."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)  # [n, 1]
-    return vectors / np.where(norms == 0, 1, norms)
-
-
-def nearest_images(query_vec: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row indices [k], scores [k]) of the k rows of ``vectors`` [n, d] with the largest dot product
-    with ``query_vec`` [d], best first. Pass normalised inputs for cosine similarity."""
-    query = np.asarray(query_vec, dtype=vectors.dtype).reshape(-1)  # [d]
-    if vectors.ndim != 2 or query.shape[0] != vectors.shape[1]:
-        raise InputError(f"query vector of width {query.shape[0]} cannot be compared with vectors "
-                         f"of shape {vectors.shape}; they need the same width d")
-    if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
-    scores = vectors @ query  # [n]
-    k = min(k, len(scores))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))  # [k], unordered
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top, scores[top]
-
-
 # --------------------------------------------------------------------------- head search (dashboard pages)
 
 ALL_HEAD_TEXTS_SQL = ("SELECT layer, head, rank, text_id, text, property, variance_explained "

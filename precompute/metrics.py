@@ -122,29 +122,6 @@ def zero_shot_accuracy(image_embeddings: np.ndarray, class_embeddings: np.ndarra
     return float(np.mean(predicted == y))
 
 
-def replace_heads(
-    embeddings: np.ndarray, originals: Mapping[Hashable, np.ndarray], reconstructions: Mapping[Hashable, np.ndarray]
-) -> np.ndarray:
-    """Embeddings with heads swapped for their TEXTSPAN reconstructions: e - sum_h (r_h - r~_h), [n, D].
-
-    The decomposition's terms sum to e / ||e|| (DESIGN.md section 3), so this is a
-    direct-effect replacement with each image's LayerNorm scale held fixed. The
-    result is not renormalised: zero-shot argmax over classes is invariant to a
-    positive per-image scale, so accuracy does not depend on it.
-    """
-    if set(originals) != set(reconstructions):
-        raise InputError(
-            f"replaced heads differ: originals {sorted(map(str, originals))}, reconstructions {sorted(map(str, reconstructions))}"
-        )
-    out = np.array(embeddings, dtype=np.float64, copy=True)  # [n, D]
-    for key, original in originals.items():
-        r, r_hat = np.asarray(original), np.asarray(reconstructions[key])
-        if r.shape != out.shape or r_hat.shape != out.shape:
-            raise InputError(f"head {key}: original {r.shape} and reconstruction {r_hat.shape} must match embeddings {out.shape}")
-        out -= r - r_hat
-    return out
-
-
 # ------------------------------------------------------------ per head, per model
 
 

@@ -97,6 +97,10 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     texts = store.arrow_to_vectors(pq.read_table(run_dir / schema.TEXTS_FILE, columns=["embedding"]).column("embedding"))
     ts = manifest["stages"]["textspan"]
     embeddings = _aligned(run_dir / schema.IMAGE_EMBEDDINGS_FILE, "embedding", position)  # [n, D]
+    # Heads replaced by their TEXTSPAN reconstructions: e - sum_h (r_h - r_hat_h), accumulated head by head so that
+    # only one head's vectors are in memory. The terms sum to e/||e|| (DESIGN.md section 3), so this is a
+    # direct-effect replacement with each image's LayerNorm scale held fixed; no renormalisation is needed, as the
+    # zero-shot argmax is invariant to a positive per-image scale.
     delta = np.zeros_like(embeddings, dtype=np.float64) if zero_shot else None  # sum of (r - r_hat)
 
     inputs = []

@@ -70,7 +70,7 @@ def test_run_writes_every_table_then_skips_every_stage(tiny_run):
     assert all(0 <= v <= 1.0 + 1e-6 for v in ve)
     scores = pq.read_table(out / schema.MODEL_SCORES_FILE).to_pylist()[0]
     assert scores["model"] == "test-tiny" and scores["n_heads"] == 12
-    assert scores["zeroshot_intact"] is not None  # class folders give labels
+    assert scores["zeroshot_intact"] is not None and scores["zeroshot_replaced"] is not None  # class folders give labels
     stamps = {n: (out / n).stat().st_mtime_ns for n in TABLES}
 
     again = invoke("run", *TINY, "--images", images, "--out", out, "--k", 8)

@@ -199,3 +199,15 @@ def test_data_dir_comes_from_argv_then_env_then_the_repository(tmp_path):
     assert settings.resolve_data_dir([f"--data-dir={tmp_path / 'b'}"], env) == tmp_path / "b"
     assert settings.resolve_data_dir([], env) == tmp_path / "env"
     assert settings.resolve_data_dir([], {}) == settings.REPO_ROOT / "data" / "runs"
+
+
+def test_nearest_neighbours_match_a_full_sort():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)  # [n, d]
+    query = rng.standard_normal(16).astype(np.float32)
+    idx, scores = live.top_k(live.similarities(query, vectors), 7)
+    expected = np.argsort(-(vectors @ query))[:7]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(scores, (vectors @ query)[expected], rtol=1e-6)
+    idx_all, _ = live.top_k(live.similarities(query, vectors[:5]), 50)
+    np.testing.assert_array_equal(idx_all, np.argsort(-(vectors[:5] @ query)))

@@ -294,31 +294,6 @@ def test_to_matrix_handles_lists_fixed_size_lists_and_chunks():
         data.to_matrix(ragged, dim=2)
 
 
-def test_nearest_images_matches_a_full_sort():
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((500, 16)).astype(np.float32)  # [n, d]
-    query = rng.standard_normal(16).astype(np.float32)
-    idx, scores = data.nearest_images(query, vectors, 7)
-    expected = np.argsort(-(vectors @ query))[:7]
-    np.testing.assert_array_equal(idx, expected)
-    np.testing.assert_allclose(scores, (vectors @ query)[expected], rtol=1e-6)
-    idx_all, _ = data.nearest_images(query, vectors[:5], 50)
-    np.testing.assert_array_equal(idx_all, np.argsort(-(vectors[:5] @ query)))
-
-
-def test_nearest_images_refuses_bad_input():
-    vectors = np.zeros((3, 4), dtype=np.float32)
-    with pytest.raises(InputError, match="width 5 cannot be compared with vectors of shape \\(3, 4\\)"):
-        data.nearest_images(np.zeros(5), vectors, 1)
-    with pytest.raises(InputError, match="k must be at least 1, got 0"):
-        data.nearest_images(np.zeros(4), vectors, 0)
-
-
-def test_normalise_rows_gives_unit_rows_and_keeps_zero_rows():
-    out = data.normalise_rows(np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32))
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
-
-
 def test_a_query_about_one_run_never_reads_another_runs_files(tmp_path):
     good = make_run(tmp_path, "good", seed=1)
     bad = make_run(tmp_path, "bad", seed=2)

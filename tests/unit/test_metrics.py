@@ -16,7 +16,6 @@ from precompute.metrics import (
     ccs,
     entanglement,
     model_scores,
-    replace_heads,
     score_heads,
     variance_at,
     zero_shot_accuracy,
@@ -92,16 +91,6 @@ def test_zero_shot_accuracy():
     assert zero_shot_accuracy(e, w, [0, 1, 1, 1]) == pytest.approx(0.75)
     with pytest.raises(InputError, match="0..1"):
         zero_shot_accuracy(e, w, [0, 1, 2, 1])
-
-
-def test_replace_heads_subtracts_the_residual_of_each_head():
-    e = np.array([[1.0, 1.0], [2.0, 0.0]])
-    originals = {(9, 0): np.array([[0.5, 0.0], [0.0, 0.5]]), (9, 1): np.array([[0.0, 0.2], [0.1, 0.0]])}
-    recons = {(9, 0): np.array([[0.3, 0.0], [0.0, 0.5]]), (9, 1): np.array([[0.0, 0.0], [0.1, 0.1]])}
-    # image 0: e - (0.2, 0) - (0, 0.2) = (0.8, 0.8); image 1: e - (0, 0) - (0, -0.1) = (2.0, 0.1)
-    np.testing.assert_allclose(replace_heads(e, originals, recons), [[0.8, 0.8], [2.0, 0.1]])
-    with pytest.raises(InputError, match="differ"):
-        replace_heads(e, originals, {(9, 0): recons[(9, 0)]})
 
 
 def test_head_and_model_scores():
