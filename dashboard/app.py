@@ -2,7 +2,7 @@
 
 Serve it with ``clip-interpret dashboard --data-dir DIR`` or
 ``streamlit run dashboard/app.py -- --data-dir DIR``; without ``--data-dir`` the
-runs come from $CLIP_INTERPRET_DATA_DIR, else data/runs in the repository.
+runs come from $CLIP_INTERPRET_DATA_DIR, else ./runs in the current folder.
 """
 
 from __future__ import annotations

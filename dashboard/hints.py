@@ -77,7 +77,7 @@ A *run* is what the precompute writes for one model: head vectors, TEXTSPAN text
 Make one, then reload this page:
 
 ```bash
-# every shipped toy model on the generated toy-world probe set, into data/runs/ (the default folder)
+# every shipped toy model on the generated toy-world probe set, into ./runs (or $CLIP_INTERPRET_DATA_DIR)
 clip-interpret run
 # your own model and images (weights from a local file; tags need the model hub)
 clip-interpret run --model ViT-B-32 --pretrained /path/to/weights.safetensors \\

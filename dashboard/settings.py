@@ -6,9 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ENV_DATA_DIR = "CLIP_INTERPRET_DATA_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT / "data" / "runs"
+from precompute.paths import ENV_DATA_DIR, runs_dir
 
 
 def data_dir_from_argv(argv: Sequence[str]) -> str | None:
@@ -22,6 +20,6 @@ def data_dir_from_argv(argv: Sequence[str]) -> str | None:
 
 
 def resolve_data_dir(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
-    """``--data-dir`` in argv, else $CLIP_INTERPRET_DATA_DIR, else data/runs under the repository root."""
-    chosen = data_dir_from_argv(argv) or environ.get(ENV_DATA_DIR) or str(DEFAULT_DATA_DIR)
-    return Path(os.path.expanduser(chosen)).resolve()
+    """``--data-dir`` in argv, else $CLIP_INTERPRET_DATA_DIR, else ./runs (the precompute's work folder)."""
+    chosen = data_dir_from_argv(argv)
+    return (Path(os.path.expanduser(chosen)) if chosen else runs_dir(environ)).resolve()

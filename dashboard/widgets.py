@@ -23,7 +23,7 @@ PAGES = Path(__file__).resolve().parent / "app_pages"
 
 
 def data_dir() -> str:
-    """``--data-dir`` after ``--``, else $CLIP_INTERPRET_DATA_DIR, else data/runs in the repository."""
+    """``--data-dir`` after ``--``, else $CLIP_INTERPRET_DATA_DIR, else ./runs."""
     return str(settings.resolve_data_dir(sys.argv[1:], os.environ))
 
 

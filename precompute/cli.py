@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
+from precompute import paths  # noqa: E402
 from precompute.errors import InterpretError  # noqa: E402
 
 app = typer.Typer(
@@ -25,10 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-from precompute.registry import DATA_DIR as _DATA_DIR  # noqa: E402
-
-DEFAULT_RUNS = _DATA_DIR / "runs"
 
 
 def handle_errors(fn):
@@ -93,7 +90,7 @@ def default_out(model: str, pretrained: str | None, random_init: bool) -> Path:
     else:
         p = pretrained.removeprefix("local-dir:").rstrip("/")
         suffix = "-" + (Path(p).stem if ("/" in p or "." in p) else p)
-    return DEFAULT_RUNS / f"{model}{suffix}"
+    return paths.runs_dir() / f"{model}{suffix}"
 
 
 def load(model: str, pretrained: str | None, random_init: bool, device: str, precision: str, seed: int = 0):
@@ -140,7 +137,7 @@ def models(
 def decompose(
     model: Model,
     images: Annotated[Path, typer.Option(help="Folder of images, searched recursively; class sub-folders give labels.")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder to write (default: data/runs/<model>[-<weights>]).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder to write (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")] = None,
     pretrained: Pretrained = None,
     random_init: RandomInit = False,
     seed: Seed = 0,
@@ -292,8 +289,8 @@ def score(
 @handle_errors
 def run(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="open_clip architecture or project model. Default: every shipped toy model.")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of probe images. Default for toy models: a generated toy-world probe set (data/probe/toyworld, 5,000 images, seed 0).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default data/runs/<model>[-<weights>]).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of probe images. Default for toy models: a generated toy-world probe set (runs/_probe/toyworld, 5,000 images, seed 0).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")] = None,
     pretrained: Pretrained = None,
     random_init: RandomInit = False,
     seed: Seed = 0,
@@ -328,7 +325,7 @@ def run(
     _check_positive(batch_size=batch_size, chunk_size=chunk_size)
     _quiet_libraries()
     base = pipeline.RunRequest(
-        model=model or "", images=images or pipeline.DEFAULT_PROBE, out=out or Path(), pretrained=pretrained,
+        model=model or "", images=images or paths.probe_dir(), out=out or Path(), pretrained=pretrained,
         random_init=random_init, seed=seed, device=device, precision=precision,
         decompose=DecomposeOptions(Path(), Path(), layers, limit, batch_size, workers, chunk_size),
         textspan=TextspanOptions(pool, k, rank) if pool else None,
@@ -357,7 +354,7 @@ def run(
 @app.command()
 @handle_errors
 def dashboard(
-    data_dir: Annotated[Path, typer.Option(help="Folder holding run folders (searched 3 levels deep).")] = DEFAULT_RUNS,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding run folders (searched 3 levels deep). Default: $CLIP_INTERPRET_DATA_DIR, else ./runs.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
 ):
@@ -366,6 +363,7 @@ def dashboard(
 
     from precompute.errors import InputError
 
+    data_dir = data_dir or paths.runs_dir()
     if not data_dir.is_dir():
         raise InputError(f"data folder {data_dir} does not exist; make runs with `clip-interpret run` first")
     app_file = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -44,20 +44,21 @@ def train(
     bf16: Annotated[Optional[bool], typer.Option(help="bf16 autocast on CPU (default: on; see benchmarks/toyworld_speed.py).")] = None,
     group: Annotated[Optional[int], typer.Option(help="Build batches from groups of this many images that differ in one attribute (hard negatives); 1 draws each image independently.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
-    out: Annotated[Optional[Path], typer.Option(help="Where to export the trained model (default data/models/toy-<size>).")] = None,
-    work: Annotated[Optional[Path], typer.Option(help="Working folder for checkpoints (default data/train/toy-<size>; kept out of data/runs, which the dashboard reads).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to export the trained model (default runs/_models/toy-<size>; the shipped ones are data/models/toy-<size>).")] = None,
+    work: Annotated[Optional[Path], typer.Option(help="Working folder for checkpoints (default runs/_train/toy-<size>; the dashboard does not search _ folders).")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in the working folder and start over.")] = False,
 ) -> None:
     """Train a toy CLIP model (resumes from the last checkpoint if the work folder has one), export and evaluate it."""
-    from precompute.train import DATA_DIR, TrainConfig, config_with, model_name, train_and_export
+    from precompute import paths
+    from precompute.train import TrainConfig, config_with, model_name, train_and_export
 
     name = model_name(size)
     if minutes is None and steps is None:
         minutes = 15.0
     cfg = config_with(TrainConfig(model=name, minutes=minutes, steps=steps, seed=seed),
                       batch_size=batch_size, lr=lr, aux_weight=aux_weight, bf16=bf16, threads=threads, group=group)
-    out = out or DATA_DIR / "models" / name
-    work = work or DATA_DIR / "train" / name
+    out = out or paths.export_dir(name)
+    work = work or paths.train_dir(name)
     record = train_and_export(cfg, out, work, fresh=fresh)
     typer.echo(f"exported {name} to {out} after {record['steps']} steps, {record['minutes']} min, final loss {record['final_loss']}")
     _print_accuracy(record["zero_shot"])

@@ -25,12 +25,12 @@ from typing import Mapping, Sequence
 
 from precompute.errors import InputError
 from precompute.labels import MIXED, HeadLabel, LabelFallbackWarning
+from precompute.paths import LLM_EXAMPLES as DEFAULT_EXAMPLES
 
 ENV_BASE_URL = "CLIP_INTERPRET_LLM_BASE_URL"
 ENV_MODEL = "CLIP_INTERPRET_LLM_MODEL"
 ENV_API_KEY = "CLIP_INTERPRET_LLM_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "llm_examples.json"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """images -> decompose -> textspan -> label -> score, each stage skipped when its output is current.
 
 Also the embedded default: with no model and no images, every toy model shipped
-under ``data/models/`` on a toy-world probe set generated at a fixed seed.
+under ``data/models/`` on a toy-world probe set generated at a fixed seed, into
+the work folder (``paths.runs_dir()``: ./runs unless $CLIP_INTERPRET_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from precompute import registry, schema, store
+from precompute import paths, registry, schema, store
 from precompute.errors import InputError, RunDirError
 from precompute.pools import load_pool
 from precompute.stage_decompose import DecomposeOptions, run_decompose
@@ -20,10 +21,8 @@ from precompute.stage_label import LabelOptions, run_label
 from precompute.stage_score import ScoreOptions, run_score
 from precompute.stage_textspan import TextspanOptions, run_textspan
 
-DEFAULT_PROBE = registry.DATA_DIR / "probe" / "toyworld"
 DEFAULT_PROBE_N = 5000
 DEFAULT_PROBE_SEED = 0
-DEFAULT_RUNS = registry.DATA_DIR / "runs"
 TOY_PREFIX = "toy-"
 
 
@@ -69,7 +68,7 @@ def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Pat
     """The toy-world probe set of the embedded default, generated on first use."""
     from precompute.toyworld import ATTRIBUTES_FILE, write_probe_set
 
-    path = path or DEFAULT_PROBE
+    path = path or paths.probe_dir()
     if not (path / ATTRIBUTES_FILE).is_file():
         write_probe_set(path, DEFAULT_PROBE_N, DEFAULT_PROBE_SEED, progress=progress)
     return path
@@ -79,10 +78,11 @@ def default_requests(base: RunRequest | None = None, progress: bool = True) -> l
     """One request per shipped toy model on the default probe set (the README's main command)."""
     models = toy_models()
     if not models:
-        raise InputError(f"no toy models are shipped under {registry.SHIPPED_MODELS_DIR}; pass --model and --images")
+        raise InputError(f"no toy models are shipped under {paths.MODELS_DIR}; pass --model and --images")
     probe = ensure_default_probe(progress)
-    template = base or RunRequest(model="", images=probe, out=DEFAULT_RUNS)
-    return [replace(template, model=m, images=probe, out=DEFAULT_RUNS / m) for m in models]
+    runs = paths.runs_dir()
+    template = base or RunRequest(model="", images=probe, out=runs)
+    return [replace(template, model=m, images=probe, out=runs / m) for m in models]
 
 
 def _clear_decompose(run_dir: Path) -> None:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from precompute.errors import InputError
-
-POOLS_DIR = Path(__file__).resolve().parent.parent / "data" / "pools"
+from precompute.paths import POOLS_DIR
 SUFFIXES = (".txt", ".csv", ".parquet")
 _SHOWN = 5  # how many offending rows an error message lists
 

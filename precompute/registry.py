@@ -6,7 +6,7 @@ Hugging Face cache), a local file (.safetensors / .bin / .pt / .pth, loaded with
 ``weights_only``), an open_clip ``local-dir:`` folder, or nothing (random init,
 for tests and benchmarks). The project registers its own configs (tiny test
 models, toy-world models) from ``precompute/model_configs/``; toy models default
-to the weights shipped under ``data/models/<name>/``.
+to the weights shipped under ``data/models/<name>/`` (``paths.MODELS_DIR``).
 
 Models are built exactly as open_clip builds them (stock blocks and their fused
 attention kernel); the decomposition only adds hooks.
@@ -29,11 +29,8 @@ from typing import Any, Callable, Literal
 import torch
 
 from precompute.errors import InputError, ModelError, OfflineError
+from precompute.paths import CONFIG_DIR, MODELS_DIR
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = PACKAGE_DIR / "model_configs"
-DATA_DIR = PACKAGE_DIR.parent / "data"
-SHIPPED_MODELS_DIR = DATA_DIR / "models"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HUB_HOST = ("huggingface.co", 443)
 
@@ -125,7 +122,7 @@ def known_tags(architecture: str) -> list[str]:
 
 
 def shipped_weights_dir(architecture: str) -> Path | None:
-    d = SHIPPED_MODELS_DIR / architecture
+    d = MODELS_DIR / architecture
     return d if (d / "open_clip_config.json").is_file() else None
 
 

@@ -35,10 +35,9 @@ import torch.nn.functional as F
 
 from precompute.captions import ATTRIBUTE_NAMES, ATTRIBUTES, PROMPTS, CaptionDropout, prompts
 from precompute.errors import InputError, ModelError
+from precompute.paths import CONFIG_DIR, MODELS_DIR
 from precompute.toyworld import render_batch
 
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SIZES = {"s": "toy-s", "m": "toy-m", "l": "toy-l"}
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 271828  # never a training seed: training batches use the entropy (seed, step)
@@ -352,10 +351,10 @@ def load_exported(model_dir: Path | str):
 
     model_dir = Path(model_dir)
     if not model_dir.exists() and str(model_dir) in (*SIZES, *SIZES.values()):
-        model_dir = DATA_DIR / "models" / model_name(str(model_dir))  # a shipped toy model by name
+        model_dir = MODELS_DIR / model_name(str(model_dir))  # a shipped toy model by name
     if not (model_dir / "open_clip_config.json").is_file():
         raise ModelError(f"{model_dir} holds no open_clip_config.json; shipped toy models: "
-                         f"{', '.join(p.name for p in (DATA_DIR / 'models').glob('toy-*'))}")
+                         f"{', '.join(p.name for p in MODELS_DIR.glob('toy-*'))}")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{model_dir}")
 

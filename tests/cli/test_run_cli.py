@@ -226,14 +226,15 @@ def test_run_on_a_shipped_toy_model_scores_labels_against_ground_truth(tmp_path)
     assert again.output.count("current, skipped") == 4
 
 
-def test_default_run_covers_every_shipped_toy_model(tmp_path, monkeypatch):
+def test_default_run_covers_every_shipped_toy_model_into_runs_under_the_current_folder(tmp_path, monkeypatch):
     from precompute import pipeline
+    from precompute.paths import ENV_DATA_DIR
 
     monkeypatch.setattr(pipeline, "DEFAULT_PROBE_N", 20)
-    monkeypatch.setattr(pipeline, "DEFAULT_PROBE", tmp_path / "probe")
-    monkeypatch.setattr(pipeline, "DEFAULT_RUNS", tmp_path / "runs")
+    monkeypatch.delenv(ENV_DATA_DIR, raising=False)
+    monkeypatch.chdir(tmp_path)
     requests = pipeline.default_requests(progress=False)
     assert [r.model for r in requests] == ["toy-s", "toy-m", "toy-l"]
     assert {r.out for r in requests} == {tmp_path / "runs" / m for m in ("toy-s", "toy-m", "toy-l")}
-    assert (tmp_path / "probe" / "attributes.parquet").is_file()
+    assert (tmp_path / "runs" / "_probe" / "toyworld" / "attributes.parquet").is_file()
     assert all(pipeline.default_pool(r.model) == "toyworld" for r in requests)

@@ -193,12 +193,13 @@ def test_stage_hints_name_the_exact_commands():
     assert hints.weights_args("random-init:seed=3") == ["--random-init", "--seed", "3"]
 
 
-def test_data_dir_comes_from_argv_then_env_then_the_repository(tmp_path):
+def test_data_dir_comes_from_argv_then_env_then_runs_in_the_current_folder(tmp_path, monkeypatch):
     env = {settings.ENV_DATA_DIR: str(tmp_path / "env")}
     assert settings.resolve_data_dir(["--data-dir", str(tmp_path / "a")], env) == tmp_path / "a"
     assert settings.resolve_data_dir([f"--data-dir={tmp_path / 'b'}"], env) == tmp_path / "b"
     assert settings.resolve_data_dir([], env) == tmp_path / "env"
-    assert settings.resolve_data_dir([], {}) == settings.REPO_ROOT / "data" / "runs"
+    monkeypatch.chdir(tmp_path)
+    assert settings.resolve_data_dir([], {}) == tmp_path.resolve() / "runs"
 
 
 def test_nearest_neighbours_match_a_full_sort():

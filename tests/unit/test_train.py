@@ -15,10 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from precompute.captions import ATTRIBUTE_NAMES, NO_DROPOUT, CaptionDropout  # noqa: E402
 from precompute.errors import InputError, ModelError  # noqa: E402
+from precompute.paths import CONFIG_DIR, MODELS_DIR  # noqa: E402
 from precompute.toyworld import render_batch  # noqa: E402
 from precompute.train import (  # noqa: E402
-    CONFIG_DIR,
-    DATA_DIR,
     EVAL_IMAGES,
     TrainConfig,
     contrastive_loss,
@@ -211,7 +210,7 @@ SHIPPED = ["toy-s", "toy-m", "toy-l"]
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reproduces_its_recorded_accuracy(name):
-    folder = DATA_DIR / "models" / name
+    folder = MODELS_DIR / name
     record = json.loads((folder / "training_record.json").read_text())
     assert (folder / "open_clip_model.safetensors").stat().st_size <= 20e6
     for key in ("seed", "steps", "minutes", "batch_size", "final_loss", "recipe", "torch", "open_clip", "git_commit"):
@@ -225,6 +224,6 @@ def test_shipped_model_reproduces_its_recorded_accuracy(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_each_model_is_shipped_with_weights_and_a_record(name):
-    folder = DATA_DIR / "models" / name
+    folder = MODELS_DIR / name
     for f in ("open_clip_config.json", "open_clip_model.safetensors", "training_record.json"):
         assert (folder / f).is_file(), f"{folder / f} is missing"
