@@ -93,13 +93,18 @@ def _texts(loaded: LoadedModel, run_dir: Path, pool: Pool, opts: TextspanOptions
         if meta.get(b"pool_sha256") == pool.sha256.encode() and table.num_rows == len(pool):
             return store.arrow_to_vectors(table.column("embedding"))
     emb = encode_texts(loaded, pool.texts)  # [m, D]
+    write_texts(run_dir, pool, emb)
+    return emb
+
+
+def write_texts(run_dir: Path, pool: Pool, embeddings: np.ndarray) -> None:
+    """texts.parquet: the pool with its embeddings [m, D], tagged with the pool's sha256 so the stage reuses it."""
     table = pa.Table.from_arrays(
         [pa.array(np.arange(len(pool)), pa.int32()), pa.array(pool.texts, pa.string()),
-         pa.array(pool.properties, pa.string()), store.vectors_to_arrow(emb)],
+         pa.array(pool.properties, pa.string()), store.vectors_to_arrow(embeddings)],
         schema=schema.TEXTS.with_metadata({"pool": pool.name, "pool_sha256": pool.sha256}),
     )
-    store.write_table_atomic(path, table, ["embedding.list.element"])
-    return emb
+    store.write_table_atomic(Path(run_dir) / schema.TEXTS_FILE, table, ["embedding.list.element"])
 
 
 def read_picks(run_dir: Path) -> dict[tuple[int, int], list[dict]]:
