@@ -5,7 +5,7 @@
    (scores + top-k, dot and cosine, the query image left out) p50/p95 over many queries,
    and the thumbnail lookup of the k results. Target: p50 < 50 ms per query.
 2. Page switch: AppTest run time of every page on runs found under --data-dir (default: the
-   toy runs in data/runs when there are any, else a fresh folder of tiny real + synthetic runs),
+   toy runs in ./runs when there are any, else a fresh folder of tiny real + synthetic runs),
    first visit and warm median. Target: < 1 s.
 3. One upload, full analysis, random-init ViT-B-32 already loaded: decode + preprocess + spatial
    decomposition of the last 4 layers (48 heads) + one text embedding + 48 head maps + the summed
@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dashboard import data, live, overlay  # noqa: E402
+from precompute import paths  # noqa: E402
 from precompute.decompose import Decomposer  # noqa: E402
 from precompute.registry import ModelSpec, WeightsSource, load_model  # noqa: E402
 from precompute.textenc import encode_texts  # noqa: E402
@@ -186,7 +187,7 @@ def main() -> None:
         print(json.dumps({"nearest_neighbours": nn}, indent=2), flush=True)
         data_dir = args.data_dir
         if data_dir is None:
-            default = ROOT / "data" / "runs"
+            default = paths.runs_dir()
             if default.is_dir() and data.runs(data.connect(default)).num_rows:
                 data_dir = default
             else:

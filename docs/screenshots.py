@@ -1,8 +1,8 @@
 """Screenshots of every dashboard page over the shipped toy runs, for the README.
 
-Run after the README's main command has written data/runs/toy-{s,m,l}:
+Run from the repository after the README's main command has written runs/toy-{s,m,l}:
 
-    .venv/bin/python docs/screenshots.py [--data-dir data/runs] [--out docs/screenshots]
+    .venv/bin/python docs/screenshots.py [--data-dir runs] [--out docs/screenshots]
 
 Uses the browser test's server and page renderer (headless Debian Chromium), so a page that shows an
 exception or lacks its expected text fails here too.
@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from precompute import paths  # noqa: E402
 from tests.e2e import test_browser as tb  # noqa: E402
 
 # (file name, url path, query params, text the page must show); toy-l, image 0 is a circle on the probe set.
@@ -41,7 +42,7 @@ PAGES = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=ROOT / "data" / "runs")
+    ap.add_argument("--data-dir", type=Path, default=paths.runs_dir())
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = ap.parse_args()
     tb.SCREENSHOTS = args.out
