@@ -66,9 +66,12 @@ class Decomposition:
         return self.embed + self.attn.sum(1) + self.mlp.sum(1) + self.ln_bias  # [b, D]
 
 
-def _layer_scale(module: torch.nn.Module, width: int) -> Tensor:
+def _layer_scale(module: torch.nn.Module, like: Tensor) -> Tensor:
+    """The block's layer-scale gains as float32 [d], or ones on ``like``'s device when it has none."""
     gamma = getattr(module, "gamma", None)
-    return gamma.detach().float() if gamma is not None else torch.ones(width)
+    if gamma is not None:
+        return gamma.detach().float()
+    return torch.ones(like.shape[-1], device=like.device, dtype=torch.float32)
 
 
 class Decomposer:
@@ -107,8 +110,8 @@ class Decomposer:
             self.cg = readout - readout.mean(0, keepdim=True)  # [d, D]: (I - 11^T/d) diag(gamma) proj
             self.beta_out = beta @ proj  # [D]
             self.eps = float(visual.ln_post.eps)
-            self.ls_attn = [_layer_scale(b.ls_1, self.width) for b in self.blocks]  # L x [d]
-            self.ls_mlp = [_layer_scale(b.ls_2, self.width) for b in self.blocks]  # L x [d]
+            self.ls_attn = [_layer_scale(b.ls_1, gamma) for b in self.blocks]  # L x [d]
+            self.ls_mlp = [_layer_scale(b.ls_2, gamma) for b in self.blocks]  # L x [d]
             self.qkv = {i: self._qkv(i) for i in self.layers}
             self.readout_heads = {i: self._head_readout(i) for i in self.layers}  # l x [h, e, D]
             self.bias_out = {
@@ -121,9 +124,11 @@ class Decomposer:
         attn = self.blocks[i].attn
         h, e, d = self.heads, self.head_width, self.width
         w = attn.in_proj_weight.detach().float().view(3, h, e, d)  # [3, h, e, d]
-        b = attn.in_proj_bias.detach().float().view(3, h, e) if attn.in_proj_bias is not None else torch.zeros(3, h, e)
+        like = dict(device=w.device, dtype=torch.float32)  # constants live where the weights do (GPU, meta)
+        has_bias = attn.in_proj_bias is not None
+        b = attn.in_proj_bias.detach().float().view(3, h, e) if has_bias else torch.zeros(3, h, e, **like)
         scale = getattr(attn, "head_scale", None)
-        scale = scale.detach().float().view(h, 1) if scale is not None else torch.ones(h, 1)  # [h, 1]
+        scale = scale.detach().float().view(h, 1) if scale is not None else torch.ones(h, 1, **like)  # [h, 1]
         return w[0], w[1], w[2], b[0], b[1], b[2], scale
 
     def _head_readout(self, i: int) -> Tensor:
@@ -176,9 +181,11 @@ class Decomposer:
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Decomposition:
         store: dict = {}
-        dtype = next(self.visual.parameters()).dtype
+        weight = self.visual.ln_post.weight
+        dtype = self.visual.conv1.weight.dtype  # the model's compute dtype (fp32, fp16 or bf16)
+        images = images.to(device=weight.device, dtype=dtype, non_blocking=True)
         with hooked(self._hooks(store)):
-            e = self.model.encode_image(images.to(dtype=dtype)).float()  # [b, D]
+            e = self.model.encode_image(images).float()  # [b, D]: the readout and every sum below run in fp32
         z = store["z"]  # [b, d]
         sigma = torch.sqrt(z.var(-1, unbiased=False) + self.eps)  # [b]
         norm = e.norm(dim=-1)  # [b]

@@ -362,12 +362,24 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     except (RuntimeError, ValueError, FileNotFoundError, KeyError, OSError) as e:
         raise ModelError(f"could not load {spec.architecture} with weights {w.describe()}: {e}") from e
     model.eval()
+    _check_precision_supported(model, spec.architecture, precision)
     if w.kind in ("file", "local-dir"):
         ckpt = w.value if w.kind == "file" else _local_dir_checkpoint(Path(w.value))
         sha = file_sha256(ckpt) if ckpt else None
     elif w.kind == "tag" and pretrained and os.path.isfile(str(pretrained)):
         sha = file_sha256(pretrained)
     return LoadedModel(spec, model, preprocess, tokenizer, model_info(model), sha)
+
+
+def _check_precision_supported(model: Any, architecture: str, precision: str) -> None:
+    """open_clip's fp16/bf16 cast (``convert_weights_to_lp``) leaves layer-scale gains in float32, and such a
+    model then fails inside its first block ("mat1 and mat2 must have the same dtype"): refuse it here."""
+    if precision == "fp32":
+        return
+    blocks = model.visual.transformer.resblocks
+    if any(getattr(b.ls_1, "gamma", None) is not None for b in blocks):
+        raise ModelError(f"{architecture} has layer scale, which open_clip cannot run in {precision} "
+                         "(its low-precision cast leaves the gains in float32); use --precision fp32")
 
 
 def _local_dir_checkpoint(path: Path) -> str | None:

@@ -141,3 +141,80 @@ def test_out_of_range_layers_are_refused():
     loaded = _perturbed("test-tiny")
     with pytest.raises(ModelError, match="0..2"):
         Decomposer(loaded.model, [3])
+
+
+# --------------------------------------------------------------------------- devices and precisions
+
+# Max abs error of the sum of all terms vs the model's own normalised embedding, by the precision the model
+# runs in (the readout and every sum run in float32 whatever it is). Measured on random-init ViT-B-16, CPU:
+# fp32 1e-7, bf16 1.1e-3, fp16 1.4e-4 (README, "Devices and precisions"); these bounds leave 3-5x headroom.
+PRECISION_TOL = {"fp32": 1e-4, "bf16": 5e-3, "fp16": 1e-3}
+
+
+def low_precision_copy(arch: str, precision: str, device: str = "cpu", seed: int = 0):
+    """A random model cast the way open_clip's ``precision=`` casts it, on ``device`` (fp16 is refused on the CPU
+    by the registry, so tests cast by hand to check the math there too)."""
+    import open_clip
+
+    loaded = _perturbed(arch, seed)
+    if precision != "fp32":
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        open_clip.model.convert_weights_to_lp(loaded.model, dtype=dtype)
+    loaded.model.to(device)
+    return loaded
+
+
+def reconstruction_error(arch: str, precision: str, device: str, spatial: bool, batch: int = 2) -> dict:
+    """Run the decomposition at ``precision`` on ``device``; errors of the sums, and where the outputs live."""
+    loaded = low_precision_copy(arch, precision, device)
+    n, size = loaded.info.layers, loaded.info.image_size
+    images = torch.randn(batch, 3, size, size)  # on the CPU: the decomposer moves them
+    dec = Decomposer(loaded.model, range(max(0, n - 4), n), spatial=spatial)(images)
+    out = {"total": (dec.total() - dec.embedding).abs().max().item(), "device": dec.heads.device.type,
+           "dtype": dec.heads.dtype, "tokens": None}
+    if spatial:
+        out["tokens"] = (dec.tokens.sum(3) - dec.heads).abs().max().item()
+        assert dec.tokens.dtype == torch.float32
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_low_precision_models_still_sum_exactly_in_float32(precision, spatial):
+    err = reconstruction_error("test-tiny", precision, "cpu", spatial)
+    assert err["dtype"] == torch.float32  # the readout runs in fp32 whatever the model's precision
+    assert err["total"] < PRECISION_TOL[precision]
+    if spatial:
+        assert err["tokens"] < 1e-5  # token terms sum to the head vectors: both fp32, from the same captures
+
+
+def test_the_decomposition_creates_no_tensor_off_the_models_device():
+    """On a ``meta``-device ViT-B-32 every op of building the Decomposer and of one batch stays on ``meta``:
+    a constant made on the CPU (the bug that broke CUDA) would show up as an op output on ``cpu``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OffDevice(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    self.seen.append(f"{func} -> {t.device}")
+            return out
+
+    model = load_model(ModelSpec("ViT-B-32", WeightsSource("none"))).model.to("meta")
+    images = torch.empty(2, 3, 224, 224, device="meta")
+    with OffDevice() as mode:
+        dec = Decomposer(model, [8, 9, 10, 11], spatial=True)(images)
+    assert mode.seen == []
+    assert dec.heads.device.type == "meta" and dec.heads.shape == (2, 4, 12, 512)
+    assert dec.tokens.shape == (2, 4, 12, 50, 512)
+
+
+def test_images_on_the_cpu_are_moved_to_the_models_device():
+    model = load_model(ModelSpec("ViT-B-32", WeightsSource("none"))).model.to("meta")
+    dec = Decomposer(model, [11])(torch.zeros(1, 3, 224, 224))  # a CPU batch, as a DataLoader yields it
+    assert dec.embedding.device.type == "meta"

@@ -141,6 +141,13 @@ def test_device_and_precision_checks():
         registry.resolve_precision("fp16", "cpu")
 
 
+def test_bf16_models_load_in_bf16_and_layer_scale_models_are_refused_in_low_precision():
+    loaded = load_model(ModelSpec("test-tiny", WeightsSource("none"), "cpu", "bf16"))
+    assert loaded.model.visual.conv1.weight.dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="layer scale.*--precision fp32"):
+        load_model(ModelSpec("test-tiny-ls", WeightsSource("none"), "cpu", "bf16"))
+
+
 @pytest.mark.parametrize("spec,expected", [
     (None, (8, 9, 10, 11)), ("-4:", (8, 9, 10, 11)), ("8,9,10,11", (8, 9, 10, 11)), ("11", (11,)),
     ("-1", (11,)), ("0:2", (0, 1)), ("::4", (0, 4, 8)),
