@@ -77,7 +77,8 @@ Precision = Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (fp16 needs a G
 Layers = Annotated[Optional[str], typer.Option(help="Layers to analyse: a slice like '-4:' or a list like '8,9,10,11' (absolute, 0-based). Default: the last 4.")]
 Limit = Annotated[Optional[int], typer.Option(help="Use at most this many images (a seeded random sample, kept in path order).")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
-Workers = Annotated[int, typer.Option(help="Image-decoding worker processes (0 decodes in the main process).")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Image-decoding worker processes (0 decodes in the main process). Default: every core on a GPU, 1 on the CPU.")]
 ChunkSize = Annotated[int, typer.Option(help="Images per resumable chunk: a crash loses at most one chunk of work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -144,7 +145,7 @@ def decompose(
     layers: Layers = None,
     limit: Limit = None,
     batch_size: BatchSize = 16,
-    workers: Workers = 1,
+    workers: Workers = None,
     chunk_size: ChunkSize = 512,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -297,7 +298,7 @@ def run(
     layers: Layers = None,
     limit: Limit = None,
     batch_size: BatchSize = 16,
-    workers: Workers = 1,
+    workers: Workers = None,
     chunk_size: ChunkSize = 512,
     device: Device = "auto",
     precision: Precision = "fp32",

@@ -3,6 +3,12 @@
 Decoding happens in DataLoader worker processes; a file that cannot be decoded
 comes back as a reason string, never as an exception, so one bad file never
 ends a run.
+
+The model's preprocessing is split in two (``split_preprocess``): the PIL steps
+(resize, crop) run in the workers, which ship the crop as uint8 (a quarter of
+the bytes of float32, and pinnable); ``ToTensor`` + ``Normalize`` run on the
+model's device, batched (``PixelPipeline.normalise``), with the same float32 ops
+in the same order, so the result is bit-identical to open_clip's preprocess.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from precompute.errors import InputError
@@ -137,18 +144,91 @@ def thumbnail_jpeg(img: Image.Image, size: int = THUMBNAIL_SIZE, quality: int = 
     return buf.getvalue()
 
 
+_TO_TENSOR = {"ToTensor", "MaybeToTensor"}  # torchvision's and open_clip's (a no-op on tensors)
+
+
+@dataclass(frozen=True)
+class PixelPipeline:
+    """A model's preprocessing, split at ``ToTensor``: PIL steps in the workers, normalisation on the device.
+
+    ``to_pixels`` maps an RGB PIL image to what a worker ships; ``normalise`` maps a stacked batch of those,
+    already on the model's device, to the model's float32 input. Without a recognisable
+    ``[PIL steps..., ToTensor, Normalize]`` pipeline, ``crop`` is the whole preprocess and ``mean`` is None:
+    workers then ship float tensors and ``normalise`` only casts.
+    """
+
+    crop: Callable  # PIL image -> PIL image (resize, crop, mode) or, unsplit, -> float [3, H, W]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def split(self) -> bool:
+        return self.mean is not None
+
+    def to_pixels(self, img: Image.Image) -> torch.Tensor:
+        """uint8 [3, H, W] (split) or the preprocess's own float [3, H, W]."""
+        out = self.crop(img)
+        if not self.split:
+            return out
+        arr = np.asarray(out.convert("RGB") if out.mode != "RGB" else out, dtype=np.uint8)  # [H, W, 3]
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # [3, H, W], as ToTensor lays it out
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[b, 3, H, W] uint8 on any device -> float32, exactly ToTensor (/255) then Normalize ((x - m) / s)."""
+        x = pixels.to(torch.float32)
+        if not self.split:
+            return x
+        like = dict(device=x.device, dtype=torch.float32)
+        mean = torch.as_tensor(self.mean, **like).view(1, -1, 1, 1)  # [1, 3, 1, 1]
+        std = torch.as_tensor(self.std, **like).view(1, -1, 1, 1)  # [1, 3, 1, 1]
+        return x.div_(255).sub_(mean).div_(std)
+
+
+def split_preprocess(preprocess: Callable) -> PixelPipeline:
+    """Split an open_clip/torchvision ``Compose`` at ``ToTensor`` (see ``PixelPipeline``)."""
+    steps = list(getattr(preprocess, "transforms", ()))
+    names = [type(t).__name__ for t in steps]
+    at = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
+    if at is None or names[at + 1:] != ["Normalize"] or getattr(steps[-1], "inplace", False):
+        return PixelPipeline(preprocess)
+    pil_steps = steps[:at]
+
+    def crop(img: Image.Image) -> Image.Image:
+        for t in pil_steps:
+            img = t(img)
+        return img
+
+    norm = steps[-1]
+    return PixelPipeline(crop, tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std))
+
+
 @dataclass
 class Decoded:
     index: int  # position in the plan
-    tensor: object | None  # preprocessed [3, H, W] tensor, None when the file was skipped
+    tensor: object | None  # pixels [3, H, W] (``PixelPipeline.to_pixels``), None when the file was skipped
     width: int = 0
     height: int = 0
     thumbnail: bytes = b""
     error: str | None = None
 
 
+@dataclass
+class Batch:
+    """What a worker ships for one batch: every item's metadata, and the good items' pixels stacked."""
+
+    items: list[Decoded]  # in plan order; ``tensor`` is None (the pixels are in ``pixels``)
+    pixels: torch.Tensor | None  # [b_good, 3, H, W], uint8 when the preprocess was split
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pin-memory thread (``pin_memory=True``) for a fast, async host-to-GPU copy."""
+        return Batch(self.items, self.pixels.pin_memory() if self.pixels is not None else None)
+
+
 class ImageFolderDataset:
-    """Map-style dataset over planned files; bad files come back with ``error`` set."""
+    """Map-style dataset over planned files; bad files come back with ``error`` set.
+
+    ``preprocess`` maps an RGB PIL image to the tensor to ship: ``PixelPipeline.to_pixels``, or a whole preprocess.
+    """
 
     def __init__(self, root: str | Path, paths: list[str], indices: list[int], preprocess: Callable):
         self.root = Path(root)
@@ -172,5 +252,10 @@ class ImageFolderDataset:
             return Decoded(self.indices[i], None, error=f"unreadable: {e.strerror or e}")
 
 
-def collate(items: list[Decoded]) -> list[Decoded]:
-    return items
+def collate(items: list[Decoded]) -> Batch:
+    """Stack the good items' pixels in the worker: one shared-memory tensor per batch crosses to the main process."""
+    good = [it.tensor for it in items if it.error is None]
+    pixels = torch.stack(good) if good else None  # [b_good, 3, H, W]
+    for it in items:
+        it.tensor = None
+    return Batch(items, pixels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from precompute import schema, store
 from precompute.decompose import Decomposer
 from precompute.errors import RunDirError
-from precompute.images import Decoded, ImageFolderDataset, collate, discover
+from precompute.images import Batch, ImageFolderDataset, PixelPipeline, collate, discover, split_preprocess
 from precompute.registry import LoadedModel, parse_layers
 
 STAGE = "decompose"
@@ -37,7 +38,7 @@ class DecomposeOptions:
     layers: str | None = None  # '-4:' or '8,9,10,11'; default the last 4
     limit: int | None = None
     batch_size: int = 16
-    workers: int = 1
+    workers: int | None = None  # decoding processes; None: every core on a GPU, one on the CPU (default_workers)
     chunk_size: int = 512
     progress: bool = True
 
@@ -178,6 +179,23 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
     return DecomposeSummary(run_dir, count, skipped, len(found.ignored), seconds, computed)
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (containers, taskset), not the machine
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes when none are asked for.
+
+    On an accelerator the forward pass is fast and JPEG decoding is the bottleneck: decode on every core.
+    On the CPU the workers compete with the forward pass for the same cores; one worker measured best
+    on 2 cores (README, "Benchmarks").
+    """
+    return available_cores() if device.type != "cpu" else 1
+
+
 def _chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -196,13 +214,16 @@ def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Pat
         for c in todo
         for s in range(bounds[c][0], bounds[c][1], opts.batch_size)
     ]  # never straddle a chunk boundary
-    dataset = ImageFolderDataset(plan["images_root"], paths, list(range(len(paths))), loaded.preprocess)
+    device = next(loaded.model.parameters()).device
+    workers = default_workers(device) if opts.workers is None else opts.workers
+    pixels = split_preprocess(loaded.preprocess)
+    dataset = ImageFolderDataset(plan["images_root"], paths, list(range(len(paths))), pixels.to_pixels)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=opts.workers, collate_fn=collate,
-        worker_init_fn=_worker_init if opts.workers else None, persistent_workers=False,
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+        worker_init_fn=_worker_init if workers else None, persistent_workers=False,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
     )
     decomposer = Decomposer(loaded.model, layers)
-    device = next(loaded.model.parameters()).device
     bar = tqdm(total=len(paths), initial=done_images, unit="img", desc="decompose", disable=not opts.progress,
                dynamic_ncols=True)
     writer = ThreadPoolExecutor(max_workers=1)
@@ -212,9 +233,10 @@ def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Pat
     chunk_of = {c: bounds[c] for c in todo}
     current = todo[0]
     try:
-        for items in loader:
-            items: list[Decoded]
-            acc.add(items, paths, labels, decomposer, device)
+        for batch in loader:
+            batch: Batch
+            items = batch.items
+            acc.add(batch, paths, labels, decomposer, pixels, device)
             computed += len(items)
             bar.update(len(items))
             bar.set_postfix(skipped=acc.total_skipped, refresh=False)
@@ -237,19 +259,26 @@ def _worker_init(_worker_id: int) -> None:
 
 
 class _ChunkAccumulator:
-    """Collects one chunk's rows in memory until it is written."""
+    """Collects one chunk's rows in memory until it is written.
+
+    On a GPU nothing here waits for the device per batch: the results are copied to (pinned) host memory
+    with ``non_blocking=True`` and read only when the chunk is taken, so the next batch's host-to-device
+    copy and kernels queue behind the current one while the host does the bookkeeping.
+    """
 
     def __init__(self):
         self.total_skipped = 0
+        self.device = torch.device("cpu")
         self._reset()
 
     def _reset(self):
         self.rows: dict[str, list] = {"image_id": [], "path": [], "label": [], "width": [], "height": [], "thumbnail": []}
-        self.embeddings: list[np.ndarray] = []
-        self.heads: list[np.ndarray] = []
+        self.embeddings: list[torch.Tensor] = []  # on the host, possibly still being copied
+        self.heads: list[torch.Tensor] = []
         self.skipped: list[dict] = []
 
-    def add(self, items: list[Decoded], paths, labels, decomposer: Decomposer, device) -> None:
+    def add(self, batch: Batch, paths, labels, decomposer: Decomposer, pixels: PixelPipeline, device) -> None:
+        items = batch.items
         good = [it for it in items if it.error is None]
         for it in items:
             if it.error is not None:
@@ -257,10 +286,11 @@ class _ChunkAccumulator:
                 self.total_skipped += 1
         if not good:
             return
-        batch = torch.stack([it.tensor for it in good]).to(device)  # [b, 3, H, W]
-        dec = decomposer(batch)
-        self.embeddings.append(dec.embedding.cpu().numpy())  # [b, D]
-        self.heads.append(dec.heads.cpu().numpy())  # [b, l, h, D]
+        self.device = device
+        x = pixels.normalise(batch.pixels.to(device, non_blocking=True))  # [b, 3, H, W] float32, on the device
+        dec = decomposer(x)
+        self.embeddings.append(dec.embedding.to("cpu", non_blocking=True))  # [b, D]
+        self.heads.append(dec.heads.to("cpu", non_blocking=True))  # [b, l, h, D]
         for it in good:
             self.rows["image_id"].append(it.index)
             self.rows["path"].append(paths[it.index])
@@ -270,10 +300,18 @@ class _ChunkAccumulator:
             self.rows["thumbnail"].append(it.thumbnail)
 
     def take(self) -> tuple[dict, np.ndarray | None, np.ndarray | None, list[dict]]:
-        out = (self.rows, np.concatenate(self.embeddings) if self.embeddings else None,
-               np.concatenate(self.heads) if self.heads else None, self.skipped)
+        _synchronize(self.device)  # the non-blocking device-to-host copies of this chunk have landed
+        out = (self.rows, torch.cat(self.embeddings).numpy() if self.embeddings else None,
+               torch.cat(self.heads).numpy() if self.heads else None, self.skipped)
         self._reset()
         return out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 VECTOR_SPLIT = ["vector.list.element"]

@@ -195,3 +195,18 @@ def test_killed_run_resumes_with_exactly_one_row_per_image_layer_head(tmp_path):
         order_a, order_b = np.argsort(ids_a), np.argsort(ids_b)
         assert np.array_equal(ids_a[order_a], np.arange(120)) and np.array_equal(ids_b[order_b], np.arange(120))
         np.testing.assert_array_equal(vec_a[order_a], vec_b[order_b])  # seeded random init: same weights
+
+
+def test_worker_processes_ship_uint8_crops_and_give_the_same_vectors_as_the_main_process(tmp_path):
+    """--workers 2 (uint8 crops over shared memory, normalised in the main process) == --workers 0, bit for bit."""
+    folder = make_image_folder(tmp_path / "images", per_class=5)
+    tables = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"run{workers}"
+        result = invoke("decompose", *TINY, "--images", str(folder), "--out", str(out), "--batch-size", "3",
+                        "--workers", workers)
+        assert result.exit_code == 0, result.output
+        parts = sorted((out / "head_vectors").rglob("*.parquet"))
+        tables[workers] = [pq.read_table(p) for p in parts]
+        assert len(parts) == 12 and tables[workers][0].num_rows == 10
+    assert all(a.equals(b) for a, b in zip(tables["0"], tables["2"]))
