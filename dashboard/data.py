@@ -26,6 +26,7 @@ Ad hoc SQL from users goes through ``dashboard.user_sql``, never this connection
 
 from __future__ import annotations
 
+import json
 import os
 
 import duckdb
@@ -35,7 +36,7 @@ import pyarrow as pa
 from dashboard.rundirs import discover_runs
 from dashboard.user_sql import run_user_sql  # noqa: F401  (the documented entry point: dashboard.data.run_user_sql)
 from dashboard.views import VIEW_SCHEMAS, create_views
-from precompute import schema
+from precompute import derived, schema
 from precompute.errors import InputError
 
 RUNS_SQL = "SELECT * FROM runs"
@@ -56,6 +57,8 @@ HEAD_TEXTS_SQL = ("SELECT * FROM read_parquet(?, hive_partitioning = false) WHER
                   "ORDER BY rank")
 HEAD_TABLE_SQL = "SELECT * FROM read_parquet(?, hive_partitioning = false) ORDER BY layer, head"
 MODEL_SCORES_SQL = "SELECT * FROM model_scores ORDER BY run"
+HEAD_SUMMARY_SQL = "SELECT layer, head, n, principal FROM read_parquet(?)"
+HEAD_SUMMARY_KEY_SQL = "SELECT value FROM parquet_kv_metadata(?) WHERE key = ?"
 
 EXAMPLE_QUERIES: tuple[tuple[str, str], ...] = (
     ("Runs", "SELECT run, architecture, pretrained, embed_dim, layers, heads, image_count, stages\nFROM runs"),
@@ -200,6 +203,28 @@ def thumbnails(con: duckdb.DuckDBPyConnection, run: str, image_ids) -> list[byte
     found = _run_table(con, run, "images", THUMBNAILS_SQL, [wanted], ["image_id", "thumbnail"]).to_pydict()
     by_id = dict(zip(found["image_id"], found["thumbnail"]))
     return [by_id.get(i) for i in wanted]
+
+
+def head_summaries(con: duckdb.DuckDBPyConnection, run: str) -> dict[tuple[int, int], dict]:
+    """(layer, head) -> {"n", "principal" [D]} from the run's ``head_summary.parquet`` (``precompute.derived``).
+
+    {} when the run has no such file, it cannot be read, or it was computed from an earlier decomposition:
+    the caller then computes the direction from the vectors.
+    """
+    info = run_info(con, run)
+    path = os.path.join(info["path"], derived.HEAD_SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        tag = _fetch(con, HEAD_SUMMARY_KEY_SQL, [path, derived.KEY_METADATA]).column("value").to_pylist()
+        if [t.decode() for t in tag] != [derived.decompose_key(json.loads(info["manifest"]))]:
+            return {}
+        table = _fetch(con, HEAD_SUMMARY_SQL, [path])
+    except duckdb.Error:
+        return {}
+    principal = to_matrix(table.column("principal"))  # [heads, D]
+    return {(int(l), int(h)): {"n": int(n), "principal": principal[i]}
+            for i, (l, h, n) in enumerate(zip(*(table.column(c).to_pylist() for c in ("layer", "head", "n"))))}
 
 
 def image_meta(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:

@@ -127,7 +127,7 @@ def top_images_section(ctx: RunContext, layer: int, head: int, picks: pd.DataFra
                    "(dot product with its normalised embedding): what this head adds toward that text.")
     else:
         direction = state.principal_direction(ctx.cat, ctx.name, layer, head)
-        rows, proj = live.top_along(m.vectors, direction, 12, centred=True)
+        rows, proj = live.top_along(m.vectors, direction, 12, centred=True, mean=m.mean)
         st.caption("Images with the largest projection of the centred r[l,h] onto the head's first principal "
                    "direction (the direction of most variance; its sign is chosen so the longer tail is positive).")
     thumbnail_grid(ctx, m.ids[rows], [f"#{i} · {p:.3g}" for i, p in zip(m.ids[rows], proj)])

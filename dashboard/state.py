@@ -2,8 +2,10 @@
 
 - the catalog: a DuckDB connection over the runs (``data.connect``), cached per data
   folder and rebuilt when the runs on disk change (a manifest rewritten, a file added);
-- per-(run, layer, head) matrices of head vectors, property means, principal directions,
-  keyed by the run's manifest stamp so a rewritten run is read again;
+- per-(run, layer, head) matrices of head vectors and property means, in float16, in one
+  cache capped in bytes ($CLIP_INTERPRET_CACHE_MB, see ``dashboard.memcache``), and each
+  head's principal direction (stored by the precompute in ``head_summary.parquet`` when
+  the run has it), all keyed by the run's manifest stamp so a rewritten run is read again;
 - the model of a run, loaded once per process per ``ModelSpec`` and shared by every
   session; ``ModelBundle.lock`` is held for the whole of every forward pass (image or
   text): hooks and the model are not safe to share between concurrent passes;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from dashboard import data, live
+from dashboard import data, live, memcache
 from dashboard.rundirs import Discovery, discover_runs
 from precompute import registry
 from precompute.decompose import Decomposer
@@ -69,62 +72,120 @@ def catalog(data_dir: str) -> Catalog:
 
 
 # --------------------------------------------------------------------------- matrices
+#
+# Head matrices (and property means) live in one ByteCache per server, capped in bytes
+# ($CLIP_INTERPRET_CACHE_MB, ``memcache.capacity_from``): at 50,000 images an entry is
+# 51 MB, and entry counts alone let a user browsing heads grow the server past 3.5 GB.
 
 
 @dataclass(frozen=True)
 class HeadMatrix:
-    """Vectors of every dataset image for one head (or a mean over heads), rows sorted by image id."""
+    """Vectors of every dataset image for one head (or a mean over heads), rows sorted by image id.
+
+    ``vectors`` are float16 (half the memory; ``live.matvec`` scores them within 1e-3 |v| |q| of
+    float32), float32 only when a value would overflow float16. ``norms`` and ``mean`` come from
+    the float32 vectors, so cosines and centring are exact up to the rounding of the rows.
+    """
 
     ids: np.ndarray  # [n] int64, ascending
-    vectors: np.ndarray  # [n, D] float32
+    vectors: np.ndarray  # [n, D] float16 (float32 beyond float16's range)
     norms: np.ndarray  # [n] float32
+    mean: np.ndarray  # [D] float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.vectors.nbytes + self.norms.nbytes + self.mean.nbytes
 
     def row_of(self, image_id: int) -> int | None:
         i = int(np.searchsorted(self.ids, image_id))
         return i if i < len(self.ids) and self.ids[i] == image_id else None
 
 
+HALF_MAX = 60_000.0  # float16 holds up to 65,504; a larger value keeps its matrix in float32
+
+
 def _frozen(ids: np.ndarray, vectors: np.ndarray) -> HeadMatrix:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    m = HeadMatrix(ids, vectors, live.row_norms(vectors))
-    for a in (m.ids, m.vectors, m.norms):
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [n, D]
+    mean = vectors.mean(0, dtype=np.float64).astype(np.float32)  # [D]
+    fits = not vectors.size or float(np.abs(vectors).max()) < HALF_MAX
+    m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, live.row_norms(vectors), mean)
+    for a in (m.ids, m.vectors, m.norms, m.mean):
         a.flags.writeable = False  # shared between sessions
     return m
 
 
-@st.cache_resource(max_entries=16, show_spinner="Reading head vectors ...")
-def _head_matrix(_cat: Catalog, run_key: str, run: str, layer: int, head: int) -> HeadMatrix:
-    return _frozen(*data.head_vectors(_cat.con, run, layer, head))
+@st.cache_resource(show_spinner=False)
+def _matrices() -> memcache.ByteCache:
+    return memcache.ByteCache(memcache.capacity_from(os.environ))
+
+
+def matrix_cache() -> memcache.ByteCache:
+    """The server's byte-capped cache of head and property matrices (shared by every session)."""
+    return _matrices()
 
 
 def head_matrix(cat: Catalog, run: str, layer: int, head: int) -> HeadMatrix:
-    return _head_matrix(cat, cat.keys[run], run, int(layer), int(head))
+    """One head's vectors over the run's images, read once and kept while the cache has room."""
+    def load() -> HeadMatrix:
+        with st.spinner(f"Reading the vectors of L{layer}.H{head} ..."):
+            return _frozen(*data.head_vectors(cat.con, run, layer, head))
+
+    return matrix_cache().get(("head", cat.keys[run], int(layer), int(head)), load)
 
 
-@st.cache_resource(max_entries=8, show_spinner="Averaging the property's heads ...")
-def _mean_matrix(_cat: Catalog, run_key: str, run: str, heads: tuple[tuple[int, int], ...]) -> HeadMatrix:
-    first = head_matrix(_cat, run, *heads[0])
-    total = first.vectors.astype(np.float32, copy=True)  # [n, D]
-    for layer, head in heads[1:]:
-        m = head_matrix(_cat, run, layer, head)
-        if not np.array_equal(m.ids, first.ids):
-            raise InterpretError(f"run {run!r}: heads L{layer}.H{head} and L{heads[0][0]}.H{heads[0][1]} "
-                                 "cover different images; rerun the decompose stage")
-        total += m.vectors
-    return _frozen(first.ids, total / len(heads))
+def _float32_rows(cat: Catalog, run: str, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 vectors) of a head: widened from the cache when it holds the head, else read (not cached)."""
+    key = ("head", cat.keys[run], int(layer), int(head))
+    if key in matrix_cache():
+        m = head_matrix(cat, run, layer, head)
+        return m.ids, m.vectors.astype(np.float32)
+    return data.head_vectors(cat.con, run, layer, head)
 
 
 def mean_matrix(cat: Catalog, run: str, heads: list[tuple[int, int]]) -> HeadMatrix:
-    """Mean of r[l,h] over ``heads`` for every dataset image (the property vector of analysis 1)."""
-    return _mean_matrix(cat, cat.keys[run], run, tuple(sorted(heads)))
+    """Mean of r[l,h] over ``heads`` for every dataset image (the property vector of analysis 1).
+
+    The heads are summed one at a time and not cached themselves, so a property of many heads
+    does not push the heads a user is browsing out of the cache.
+    """
+    heads = tuple(sorted((int(l), int(h)) for l, h in heads))
+
+    def load() -> HeadMatrix:
+        with st.spinner(f"Averaging the property's {len(heads)} heads ..."):
+            first, total = None, None
+            for layer, head in heads:
+                ids, vectors = _float32_rows(cat, run, layer, head)  # [n], [n, D]
+                if first is None:
+                    first, total = ids, vectors.astype(np.float32, copy=True)
+                    continue
+                if not np.array_equal(ids, first):
+                    raise InterpretError(f"run {run!r}: heads L{layer}.H{head} and L{heads[0][0]}.H{heads[0][1]} "
+                                         "cover different images; rerun the decompose stage")
+                total += vectors
+            return _frozen(first, total / len(heads))
+
+    return matrix_cache().get(("mean", cat.keys[run], heads), load)
 
 
-@st.cache_resource(max_entries=64, show_spinner="Finding the head's principal direction ...")
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _summaries(_cat: Catalog, run_key: str, run: str) -> dict:
+    return data.head_summaries(_cat.con, run)
+
+
+@st.cache_resource(max_entries=512, show_spinner="Finding the head's principal direction ...")
 def _principal(_cat: Catalog, run_key: str, run: str, layer: int, head: int) -> np.ndarray:
-    return live.principal_direction(head_matrix(_cat, run, layer, head).vectors)
+    stored = _summaries(_cat, run_key, run).get((layer, head))
+    m = head_matrix(_cat, run, layer, head)
+    if stored is not None and stored["n"] == len(m.ids):
+        v = live.orient(stored["principal"], m.vectors, m.mean)  # [D]; the sign needs the vectors
+    else:  # a run without head_summary.parquet: ~1 s per head at 50,000 x 512, once per server
+        v = live.principal_direction(data.head_vectors(_cat.con, run, layer, head)[1])
+    v.flags.writeable = False
+    return v
 
 
 def principal_direction(cat: Catalog, run: str, layer: int, head: int) -> np.ndarray:
+    """The head's first principal direction [D], oriented along the longer tail (``live.principal_direction``)."""
     return _principal(cat, cat.keys[run], run, int(layer), int(head))
 
 

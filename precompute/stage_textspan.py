@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from precompute import schema, store
+from precompute import derived, schema, store
 from precompute.pools import Pool, load_pool
 from precompute.registry import LoadedModel
 from precompute.textenc import encode_texts
@@ -63,10 +63,14 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
     text_emb = _texts(loaded, run_dir, pool, opts)
     rows: dict[str, list] = {name: [] for name in schema.HEAD_TEXTS.names}
     heads = heads_of(manifest)
+    summaries = []  # each head's mean and principal direction, from the same statistics (precompute/derived.py)
     for layer, head in tqdm(heads, desc="textspan", unit="head", disable=not opts.progress, dynamic_ncols=True):
-        result = textspan_from_stats(head_stats(run_dir, layer, head), text_emb, k=opts.k, rank=opts.rank)
+        stats = head_stats(run_dir, layer, head)
+        summaries.append(derived.summary_row(layer, head, stats))
+        result = textspan_from_stats(stats, text_emb, k=opts.k, rank=opts.rank)
         _append_picks(rows, layer, head, result, pool)
     store.write_table_atomic(run_dir / schema.HEAD_TEXTS_FILE, pa.Table.from_pydict(rows, schema=schema.HEAD_TEXTS))
+    derived.write_head_summary(run_dir, summaries, manifest)
     store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
                        after=manifest["stages"]["decompose"]["key"], pool=pool.name, pool_source=str(pool.source),
                        pool_sha256=pool.sha256, texts=len(pool), k=opts.k, rank=opts.rank)

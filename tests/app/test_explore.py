@@ -9,7 +9,7 @@ import pytest
 
 from dashboard import data
 from dashboard.settings import ENV_DATA_DIR
-from precompute import registry, schema
+from precompute import derived, registry, schema
 from precompute.labels import load_overrides
 from precompute.textenc import encode_texts
 from tests.app.conftest import all_text, no_exceptions, open_page, widget
@@ -102,11 +102,14 @@ def test_a_head_permalink_shows_its_label_texts_scores_and_top_images(app, con, 
     assert f"the text **“{picks.text[0]}”**" in all_text(at)
 
 
-def test_top_images_by_principal_direction(app, con):
-    at = app("head", run="tiny", layer=1, head=2, dir="pc")
+@pytest.mark.parametrize("run, layer, head", [("tiny", 1, 2), ("synth/full", 3, 1)])
+def test_top_images_by_principal_direction(app, con, runs_dir, run, layer, head):
+    """tiny's textspan stage stored the direction (head_summary.parquet); synth/full has none: computed."""
+    assert (runs_dir / run / derived.HEAD_SUMMARY_FILE).is_file() == (run == "tiny")
+    at = app("head", run=run, layer=layer, head=head, dir="pc")
     no_exceptions(at)
     assert widget(at, "radio", "head.dir").value == "pc"
-    ids, vectors = data.head_vectors(con, "tiny", 1, 2)
+    ids, vectors = data.head_vectors(con, run, layer, head)
     centred = vectors - vectors.mean(0)
     v = np.linalg.svd(centred, full_matrices=False)[2][0]
     proj = centred @ v
