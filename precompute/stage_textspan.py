@@ -22,6 +22,9 @@ from precompute.textenc import encode_texts
 from precompute.textspan import DEFAULT_K, DEFAULT_RANK, TextspanResult, accumulate_gram, textspan_from_stats
 
 STAGE = "textspan"
+# Part of the stage key: bump it when the stage's output changes for the same inputs, so that `run` and
+# `textspan` recompute older runs. 2: the matrix_rank noise floor for the TEXTSPAN rank.
+ALGORITHM = 2
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class TextspanOptions:
 
 
 def textspan_key(manifest: dict, pool: Pool, opts: TextspanOptions) -> str:
-    return store.stage_key(manifest["stages"]["decompose"]["key"], pool.sha256, opts.k, opts.rank)
+    return store.stage_key(manifest["stages"]["decompose"]["key"], pool.sha256, opts.k, opts.rank, ALGORITHM)
 
 
 def heads_of(manifest: dict) -> list[tuple[int, int]]:

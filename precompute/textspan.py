@@ -23,10 +23,16 @@ Two formulations with the same picks in exact arithmetic:
 Two details the original code leaves to chance, made explicit here and applied
 identically by both formulations:
 
-- Rank. Directions whose uncentred eigenvalue is at most ``RANK_RTOL`` times
-  the head's centred sum of squares are rounding, not signal (a head writes
-  into a ~65-dim space, so r = 80 reaches into float noise); they are dropped,
-  so the span actually used has ``result.rank <= min(rank, n, d)`` dimensions.
+- Rank. A direction whose singular value in the uncentred C is at most
+  sigma_max x max(n, d) x eps (eps of float32, the storage type) is rounding,
+  not signal: numpy.linalg.matrix_rank's floor. A head writes into a ~65-dim
+  space, so r = 80 reaches into float noise; those directions are dropped, so
+  the span actually used has ``result.rank <= min(rank, n, d)`` dimensions. The
+  floor scales with the matrix, not with the head's variance, so a small probe
+  set (n below the head's rank) keeps its small but real directions. The Gram
+  path compares eigenvalues, lam = sigma^2, with lam_max x (max(n, d) x eps)^2,
+  and accumulates the Gram in float64: a float32 Gram's own round-off (~0.1 eps
+  of lam_max) would sit above that squared floor when n and d are small.
 - Spent texts. A text whose in-span norm fell below ``DEAD_RTOL`` of its
   original norm (every picked text, and texts collinear with earlier picks) is
   never picked again. When no text is left the loop stops early, so
@@ -46,12 +52,9 @@ from precompute.errors import InputError
 
 DEFAULT_K = 20
 DEFAULT_RANK = 80
-# A float32 Gram puts the eigenvalues of empty directions at up to ~0.4 float32 eps
-# (4e-8) of the centred sum of squares (measured on rank-deficient heads, d = 64..768);
-# 1e-6 leaves a 25x margin and drops only directions with under a millionth of the variance.
-RANK_RTOL = 1e-6
+RANK_EPS = float(np.finfo(np.float32).eps)  # head vectors are stored as float32
 DEAD_RTOL = 1e-4
-GRAM_CHUNK = 8192  # rows per float32 matmul; keeps the temporary copy at ~25 MB for d = 768
+GRAM_CHUNK = 8192  # rows per float64 matmul; keeps the temporary copy at ~50 MB for d = 768
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +84,7 @@ class GramStats:
     """Sufficient statistics of a head's vectors, accumulated over chunks of images.
 
     Rows enter as x - shift, with shift any vector near the mean (the first
-    chunk's mean), so the float32 products keep the spread when the mean is large.
+    chunk's mean), so the products keep the spread when the mean is large.
     """
 
     n: int
@@ -100,23 +103,21 @@ class GramStats:
 
 
 def gram_stats(vectors: np.ndarray, shift: np.ndarray | None = None, chunk: int = GRAM_CHUNK) -> GramStats:
-    """Gram statistics of one block of head vectors [n, d] (float32 matmuls, float64 sums)."""
+    """Gram statistics of one block of head vectors [n, d], in float64 (see the rank rule above)."""
     c = _matrix(vectors, "vectors")
     n, d = c.shape
     if n == 0:
         raise InputError("vectors has no rows; TEXTSPAN needs the head's vectors over at least 2 images")
-    work = np.float32 if c.dtype == np.float32 else np.float64
     shift_in = c.mean(axis=0, dtype=np.float64) if shift is None else np.asarray(shift, dtype=np.float64)
     if shift_in.shape != (d,):
         raise InputError(f"shift has shape {shift_in.shape}; expected ({d},) to match the vectors")
-    shift_w = shift_in.astype(work)  # subtract in the working dtype; the rounded shift is the one recorded
     total = np.zeros(d)
     gram = np.zeros((d, d))
     for start in range(0, n, chunk):
-        block = c[start : start + chunk].astype(work, copy=False) - shift_w  # [b, d]
-        total += block.sum(axis=0, dtype=np.float64)
+        block = c[start : start + chunk].astype(np.float64) - shift_in  # [b, d]
+        total += block.sum(axis=0)
         gram += _gram_block(block)  # [d, d]
-    return GramStats(n=n, shift=shift_w.astype(np.float64), total=total, gram=gram)
+    return GramStats(n=n, shift=shift_in, total=total, gram=gram)
 
 
 def merge_gram(a: GramStats, b: GramStats) -> GramStats:
@@ -138,22 +139,22 @@ def accumulate_gram(chunks: Iterable[np.ndarray], shift: np.ndarray | None = Non
 
 
 def textspan(
-    vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_rtol: float = RANK_RTOL
+    vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_eps: float = RANK_EPS
 ) -> TextspanResult:
     """TEXTSPAN for one head, product path (DESIGN.md section 4).
 
     vectors [n, d] are the head's outputs r[l,h] over n images, texts [m, d] the
     L2-normalised text embeddings. Same picks as ``textspan_reference``.
     """
-    return textspan_from_stats(gram_stats(vectors), texts, k=k, rank=rank, rank_rtol=rank_rtol)
+    return textspan_from_stats(gram_stats(vectors), texts, k=k, rank=rank, rank_eps=rank_eps)
 
 
 def textspan_from_stats(
-    stats: GramStats, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_rtol: float = RANK_RTOL
+    stats: GramStats, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_eps: float = RANK_EPS
 ) -> TextspanResult:
     """TEXTSPAN from chunk-accumulated statistics (see ``accumulate_gram``)."""
     centred = stats.centred_gram()
-    return textspan_from_gram(centred, stats.mean, stats.n, texts, k=k, rank=rank, centred=True, rank_rtol=rank_rtol)
+    return textspan_from_gram(centred, stats.mean, stats.n, texts, k=k, rank=rank, centred=True, rank_eps=rank_eps)
 
 
 def textspan_from_gram(
@@ -164,7 +165,7 @@ def textspan_from_gram(
     k: int = DEFAULT_K,
     rank: int = DEFAULT_RANK,
     centred: bool = False,
-    rank_rtol: float = RANK_RTOL,
+    rank_eps: float = RANK_EPS,
 ) -> TextspanResult:
     """TEXTSPAN from a precomputed Gram matrix, product path (DESIGN.md section 4).
 
@@ -196,7 +197,8 @@ def textspan_from_gram(
         raise InputError(f"the head's vectors do not vary over the n={n} images; TEXTSPAN has no variance to explain")
     with _one_thread():
         lam, vec = torch.linalg.eigh(torch.from_numpy(gc + n * np.outer(mu, mu)))  # ascending
-        r_eff = int(min(rank, int((lam > rank_rtol * ss).sum())))
+        floor = float(lam[-1]) * (max(int(n), d) * rank_eps) ** 2  # (sigma_max max(n, d) eps)^2
+        r_eff = int(min(rank, int((lam > floor).sum())))
         v = vec[:, torch.argsort(lam, descending=True)[:r_eff]].T  # [r, d] orthonormal rows
         s_r = v @ torch.from_numpy(gc / n) @ v.T  # [r, r]: V_r S V_r^T
         r64 = torch.from_numpy(r_mat.astype(np.float64))  # [m, d]
@@ -216,7 +218,7 @@ def textspan_from_gram(
 
 
 def textspan_reference(
-    vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_rtol: float = RANK_RTOL
+    vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_eps: float = RANK_EPS
 ) -> TextspanResult:
     """TEXTSPAN as the original code runs it: data matrix, SVD, std argmax (method_notes.md section 2).
 
@@ -237,7 +239,7 @@ def textspan_reference(
     ss = float(np.sum(cc.astype(np.float64) ** 2))
     if ss <= 0:
         raise InputError(f"the head's vectors do not vary over the n={n} images; TEXTSPAN has no variance to explain")
-    r_eff = int(min(rank, np.count_nonzero(s.astype(np.float64) ** 2 > rank_rtol * ss)))
+    r_eff = int(min(rank, np.count_nonzero(s > s[0] * max(n, d) * rank_eps)))  # numpy's matrix_rank floor
     v = vh[:r_eff]  # [r, d]
     r_mat = r_in.astype(dtype) @ v.T @ v  # [m, d]
     norm0 = np.linalg.norm(r_in.astype(np.float64), axis=1)  # [m]
@@ -317,7 +319,7 @@ def _greedy(s_r: torch.Tensor, t_r: torch.Tensor, norm0: torch.Tensor, k: int) -
 
 def _gram_block(block: np.ndarray) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(block))  # [b, d], no copy
-    return (t.T @ t).numpy().astype(np.float64)  # [d, d]
+    return (t.T @ t).numpy()  # [d, d]
 
 
 @contextmanager

@@ -159,6 +159,38 @@ def test_rank_is_clipped_to_the_actual_rank_of_the_head():
     assert fast.variance_explained[-1] == pytest.approx(1.0, abs=1e-5)
 
 
+def spectrum_head(rng, n: int, d: int, r: int, smallest: float) -> np.ndarray:
+    """[n, d] float32 of rank r whose singular values fall geometrically from 1 to ``smallest``."""
+    u, _ = np.linalg.qr(rng.standard_normal((n, r)))  # [n, r] orthonormal columns
+    v, _ = np.linalg.qr(rng.standard_normal((d, r)))  # [d, r]
+    return ((u * np.geomspace(1.0, smallest, r)) @ v.T).astype(np.float32)  # [n, r] -> [n, d]
+
+
+@pytest.mark.parametrize("d", [512, 768])
+def test_a_probe_set_smaller_than_the_head_keeps_every_real_direction(d):
+    # 40 images, fewer than a ViT head's rank 64: all 40 directions are real, the smallest at 2e-4 of the largest
+    # (the old rule, eigenvalue > 1e-6 x the head's variance, kept 30 of them)
+    rng = np.random.default_rng(11)
+    vectors = spectrum_head(rng, 40, d, 40, 2e-4)
+    texts = unit_rows(rng.standard_normal((200, d)))
+    fast = textspan(vectors, texts, k=20, rank=80)
+    ref = textspan_reference(vectors, texts, k=20, rank=80)
+    assert fast.rank == ref.rank == 40  # and none of the d - 40 empty directions
+
+
+@pytest.mark.parametrize("d", [512, 768])
+def test_float32_rounding_directions_are_dropped_when_images_outnumber_the_head_rank(d):
+    # 500 images of a rank-64 head with a large mean: 65 real directions; the other d - 65 hold only the
+    # float32 rounding of the stored vectors, which sits below sigma_max x max(n, d) x eps
+    rng = np.random.default_rng(12)
+    spread = spectrum_head(rng, 500, d, 64, 1e-2).astype(np.float64) * np.sqrt(500)
+    vectors = (spread + 3 * rng.standard_normal(d)).astype(np.float32)
+    texts = unit_rows(rng.standard_normal((200, d)))
+    fast = textspan(vectors, texts, k=20, rank=80)
+    ref = textspan_reference(vectors, texts, k=20, rank=80)
+    assert fast.rank == ref.rank == 65
+
+
 def test_few_images_fewer_than_k():
     rng = np.random.default_rng(9)
     vectors = rng.standard_normal((5, 32))
