@@ -221,7 +221,7 @@ def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Pat
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
         worker_init_fn=_worker_init if workers else None, persistent_workers=False,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",
     )
     decomposer = Decomposer(loaded.model, layers)
     bar = tqdm(total=len(paths), initial=done_images, unit="img", desc="decompose", disable=not opts.progress,
