@@ -60,6 +60,7 @@ VIEW_SCHEMAS: dict[str, pa.Schema] = {
 _DUCK_TYPES = {
     pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
     pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.binary(): "BLOB", pa.bool_(): "BOOLEAN",
+    pa.list_(pa.float64()): "DOUBLE[]", pa.list_(pa.list_(pa.float64())): "DOUBLE[][]",  # head_spans: mean, basis
 }
 
 CATALOG_DDL = """

@@ -12,6 +12,7 @@ A run directory (one model, one probe set) holds::
     head_vectors/layer=L/head=H/part-NNNNN.parquet   HEAD_VECTORS (hive-partitioned)
     texts.parquet                 TEXTS        (textspan stage)
     head_texts.parquet            HEAD_TEXTS   (textspan stage)
+    head_spans.parquet            HEAD_SPANS   (textspan stage)
     head_labels.parquet           HEAD_LABELS  (label stage)
     head_scores.parquet           HEAD_SCORES  (score stage)
     model_scores.parquet          MODEL_SCORES (score stage)
@@ -30,6 +31,7 @@ IMAGE_EMBEDDINGS_FILE = "image_embeddings.parquet"
 HEAD_VECTORS_DIR = "head_vectors"
 TEXTS_FILE = "texts.parquet"
 HEAD_TEXTS_FILE = "head_texts.parquet"
+HEAD_SPANS_FILE = "head_spans.parquet"
 HEAD_LABELS_FILE = "head_labels.parquet"
 HEAD_SCORES_FILE = "head_scores.parquet"
 MODEL_SCORES_FILE = "model_scores.parquet"
@@ -94,6 +96,20 @@ HEAD_TEXTS = pa.schema(
     ]
 )
 
+# One row per head: what TEXTSPAN fitted, so that the score stage rebuilds r_hat = mean + (r - mean) Q^T Q
+# without recomputing it. float64, as computed: the reconstruction is the same to the last bit.
+HEAD_SPANS = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("images", pa.int64(), nullable=False),  # n the statistics were taken over
+        pa.field("span_rank", pa.int32(), nullable=False),  # dimension of the span the texts were projected on
+        pa.field("total_variance", pa.float64(), nullable=False),  # trace of the centred covariance
+        pa.field("mean", pa.list_(pa.float64()), nullable=False),  # [D] the head's mean vector
+        pa.field("basis", pa.list_(pa.list_(pa.float64())), nullable=False),  # [k, D] Q: row i is pick i, deflated, unit
+    ]
+)
+
 HEAD_LABELS = pa.schema(
     [
         pa.field("layer", pa.int32(), nullable=False),
@@ -148,6 +164,7 @@ TABLES = {
     IMAGE_EMBEDDINGS_FILE: IMAGE_EMBEDDINGS,
     TEXTS_FILE: TEXTS,
     HEAD_TEXTS_FILE: HEAD_TEXTS,
+    HEAD_SPANS_FILE: HEAD_SPANS,
     HEAD_LABELS_FILE: HEAD_LABELS,
     HEAD_SCORES_FILE: HEAD_SCORES,
     MODEL_SCORES_FILE: MODEL_SCORES,

@@ -1,12 +1,14 @@
 """The score stage: per-head and per-model interpretability scores (DESIGN.md section 6).
 
 From the labels and TEXTSPAN picks: association, CCS over the top 5,
-entanglement, variance explained by the top 5 and top K texts. From the head
-vectors: each head's variance and, when the probe folder carries an
+entanglement, variance explained by the top 5 and top K texts, and (from
+``head_spans.parquet``) each head's variance. From the head vectors, each head's
+files read once and only when needed: when the probe folder carries an
 ``attributes.parquet`` (the toy world does), the attribute whose values best
-separate the head's vectors, and whether the label agrees with it. When the
-probe set has class labels: zero-shot accuracy of the intact embedding and with
-every analysed head replaced by its TEXTSPAN reconstruction.
+separate the head's vectors, and whether the label agrees with it; when the
+probe set has class labels, zero-shot accuracy of the intact embedding and with
+every analysed head replaced by its TEXTSPAN reconstruction, rebuilt from the
+mean and basis the textspan stage stored (nothing is recomputed here).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from precompute import metrics, schema, store
+from precompute.errors import RunDirError
 from precompute.registry import LoadedModel
-from precompute.stage_textspan import head_stats, read_picks
-from precompute.textspan import reconstruct, textspan_from_stats
+from precompute.stage_textspan import read_picks, read_spans
+from precompute.textspan import reconstruct
 
 STAGE = "score"
 ATTRIBUTES_FILE = "attributes.parquet"
 NOT_ATTRIBUTES = {"path", "caption", "image_id", "label"}
 MAX_ATTRIBUTE_VALUES = 64  # a column with more distinct values is not a categorical attribute
+ROW_BLOCK = 8192  # images per reconstruction block: bounds the float64 temporaries at ~50 MB for D = 768
 DEFAULT_TEMPLATES = ("a photo of a {}.", "an image of a {}.", "a {}.")
 
 
@@ -93,9 +97,8 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     position = {int(i): n for n, i in enumerate(ids)}
     attributes = load_attributes(attrs_file, images.column("path").to_pylist())
     picks = read_picks(run_dir)
+    spans = read_spans(run_dir)  # what the textspan stage fitted: no TEXTSPAN is recomputed here
     head_labels = {(r["layer"], r["head"]): r for r in pq.read_table(run_dir / schema.HEAD_LABELS_FILE).to_pylist()}
-    texts = store.arrow_to_vectors(pq.read_table(run_dir / schema.TEXTS_FILE, columns=["embedding"]).column("embedding"))
-    ts = manifest["stages"]["textspan"]
     embeddings = _aligned(run_dir / schema.IMAGE_EMBEDDINGS_FILE, "embedding", position)  # [n, D]
     # Heads replaced by their TEXTSPAN reconstructions: e - sum_h (r_h - r_hat_h), accumulated head by head so that
     # only one head's vectors are in memory. The terms sum to e/||e|| (DESIGN.md section 3), so this is a
@@ -106,16 +109,19 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     inputs = []
     for (layer, head), rows in tqdm(picks.items(), desc="score", unit="head", disable=not opts.progress,
                                     dynamic_ncols=True):
-        head_ids, vectors = store.read_head(run_dir, layer, head)
-        order = np.array([position[int(i)] for i in head_ids])
-        aligned = np.empty_like(vectors)
-        aligned[order] = vectors  # [n, D] in images.parquet order
-        result = textspan_from_stats(head_stats(run_dir, layer, head), texts, k=ts["k"], rank=ts["rank"])  # as the stage did
-        if result.picks.tolist() != [r["text_id"] for r in rows]:
-            warnings.warn(f"L{layer}.H{head}: TEXTSPAN picks differ from head_texts; rerun textspan", stacklevel=2)
-        if delta is not None:
-            delta += aligned - reconstruct(aligned, result)
-        best, r2 = (metrics.best_attribute(aligned, attributes) if attributes else (None, None))
+        result = spans.get((layer, head))
+        if result is None:
+            raise RunDirError(f"{run_dir}: {schema.HEAD_SPANS_FILE} has no row for layer {layer} head {head}; "
+                              f"rerun `clip-interpret textspan --out {run_dir}`")
+        best = r2 = None
+        if delta is not None or attributes:
+            aligned = _head_aligned(run_dir, layer, head, ids, position)  # [n, D]: the head's files, read once
+            if delta is not None:
+                for s in range(0, len(aligned), ROW_BLOCK):
+                    block = aligned[s:s + ROW_BLOCK]  # [b, D]
+                    delta[s:s + ROW_BLOCK] += block - reconstruct(block, result)
+            if attributes:
+                best, r2 = metrics.best_attribute(aligned, attributes)
         inputs.append(metrics.HeadInput(
             layer, head, head_labels[(layer, head)]["property"], tuple(r["property"] for r in rows),
             tuple(r["variance_explained"] for r in rows), head_variance=result.total_variance,
@@ -130,6 +136,16 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
                        after=manifest["stages"]["label"]["key"], attributes=str(attrs_file) if attrs_file else None,
                        zero_shot=zero_shot, templates=list(opts.templates) if zero_shot else None)
     return True
+
+
+def _head_aligned(run_dir: Path, layer: int, head: int, ids: np.ndarray, position: dict[int, int]) -> np.ndarray:
+    """One head's vectors [n, D] in images.parquet order."""
+    head_ids, vectors = store.read_head(run_dir, layer, head)
+    if np.array_equal(head_ids, ids):  # the decompose stage writes both in image order
+        return vectors
+    aligned = np.empty_like(vectors)
+    aligned[[position[int(i)] for i in head_ids]] = vectors
+    return aligned
 
 
 def _aligned(path: Path, column: str, position: dict[int, int]) -> np.ndarray:

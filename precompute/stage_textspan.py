@@ -1,7 +1,9 @@
 """The textspan stage: embed a text pool once per run, then name every analysed head with TEXTSPAN.
 
-Writes ``texts.parquet`` (the pool's embeddings by this model) and
-``head_texts.parquet`` (each head's K picks with cumulative variance explained).
+Writes ``texts.parquet`` (the pool's embeddings by this model),
+``head_texts.parquet`` (each head's K picks with cumulative variance explained)
+and ``head_spans.parquet`` (each head's mean and the basis of its picks, which
+the score stage needs to rebuild the head from its texts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from precompute import derived, schema, store
+from precompute.errors import RunDirError
 from precompute.pools import Pool, load_pool
 from precompute.registry import LoadedModel
 from precompute.textenc import encode_texts
@@ -23,8 +26,8 @@ from precompute.textspan import DEFAULT_K, DEFAULT_RANK, TextspanResult, accumul
 
 STAGE = "textspan"
 # Part of the stage key: bump it when the stage's output changes for the same inputs, so that `run` and
-# `textspan` recompute older runs. 2: the matrix_rank noise floor for the TEXTSPAN rank.
-ALGORITHM = 2
+# `textspan` recompute older runs. 2: the matrix_rank noise floor for the TEXTSPAN rank. 3: head_spans.parquet.
+ALGORITHM = 3
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,6 @@ def head_stats(run_dir: Path, layer: int, head: int):
     """Gram statistics of one head, accumulated part by part (never more than one part in memory)."""
     files = store.head_files(run_dir, layer, head)
     if not files:
-        from precompute.errors import RunDirError
-
         raise RunDirError(f"{run_dir}: no head vectors for layer {layer} head {head}; rerun decompose")
     return accumulate_gram(store.arrow_to_vectors(pq.read_table(f, columns=["vector"]).column("vector"))
                            for f in files)
@@ -65,6 +66,7 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
     t0 = time.perf_counter()
     text_emb = _texts(loaded, run_dir, pool, opts)
     rows: dict[str, list] = {name: [] for name in schema.HEAD_TEXTS.names}
+    spans: dict[str, list] = {name: [] for name in schema.HEAD_SPANS.names}
     heads = heads_of(manifest)
     summaries = []  # each head's mean and principal direction, from the same statistics (precompute/derived.py)
     for layer, head in tqdm(heads, desc="textspan", unit="head", disable=not opts.progress, dynamic_ncols=True):
@@ -72,6 +74,8 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
         summaries.append(derived.summary_row(layer, head, stats))
         result = textspan_from_stats(stats, text_emb, k=opts.k, rank=opts.rank)
         _append_picks(rows, layer, head, result, pool)
+        _append_span(spans, layer, head, result)
+    store.write_table_atomic(run_dir / schema.HEAD_SPANS_FILE, pa.Table.from_pydict(spans, schema=schema.HEAD_SPANS))
     store.write_table_atomic(run_dir / schema.HEAD_TEXTS_FILE, pa.Table.from_pydict(rows, schema=schema.HEAD_TEXTS))
     derived.write_head_summary(run_dir, summaries, manifest)
     store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
@@ -89,6 +93,13 @@ def _append_picks(rows: dict, layer: int, head: int, result: TextspanResult, poo
         rows["text"].append(pool.texts[j])
         rows["property"].append(pool.properties[j])
         rows["variance_explained"].append(ve)
+
+
+def _append_span(spans: dict, layer: int, head: int, result: TextspanResult) -> None:
+    for name, value in (("layer", layer), ("head", head), ("images", result.n), ("span_rank", result.rank),
+                        ("total_variance", result.total_variance), ("mean", result.mean.tolist()),
+                        ("basis", result.basis.tolist())):
+        spans[name].append(value)
 
 
 def _texts(loaded: LoadedModel, run_dir: Path, pool: Pool, opts: TextspanOptions) -> np.ndarray:
@@ -122,4 +133,25 @@ def read_picks(run_dir: Path) -> dict[tuple[int, int], list[dict]]:
     out: dict[tuple[int, int], list[dict]] = {}
     for row in table.to_pylist():
         out.setdefault((row["layer"], row["head"]), []).append(row)
+    return out
+
+
+def read_spans(run_dir: Path) -> dict[tuple[int, int], TextspanResult]:
+    """Each head's TEXTSPAN result as the stage computed it (variance explained as stored, in float32)."""
+    run_dir = Path(run_dir)
+    path = run_dir / schema.HEAD_SPANS_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {schema.HEAD_SPANS_FILE} (its textspan stage is from an older "
+                          f"version); rerun `clip-interpret textspan --out {run_dir}`")
+    picks = read_picks(run_dir)
+    out = {}
+    for row in pq.read_table(path).to_pylist():
+        rows = picks.get((row["layer"], row["head"]), [])
+        d = len(row["mean"])
+        out[(row["layer"], row["head"])] = TextspanResult(
+            picks=np.array([r["text_id"] for r in rows], dtype=np.int64),
+            variance_explained=np.array([r["variance_explained"] for r in rows], dtype=np.float64),
+            mean=np.array(row["mean"], dtype=np.float64),
+            basis=np.array(row["basis"], dtype=np.float64).reshape(-1, d),  # [k, D]
+            total_variance=row["total_variance"], rank=row["span_rank"], n=row["images"])
     return out

@@ -17,7 +17,7 @@ from tests.conftest import make_image_folder
 runner = CliRunner()
 TINY = ["--model", "test-tiny", "--random-init", "--quiet"]
 TABLES = [schema.IMAGES_FILE, schema.IMAGE_EMBEDDINGS_FILE, schema.TEXTS_FILE, schema.HEAD_TEXTS_FILE,
-          schema.HEAD_LABELS_FILE, schema.HEAD_SCORES_FILE, schema.MODEL_SCORES_FILE]
+          schema.HEAD_SPANS_FILE, schema.HEAD_LABELS_FILE, schema.HEAD_SCORES_FILE, schema.MODEL_SCORES_FILE]
 
 
 def invoke(*args):
@@ -238,3 +238,49 @@ def test_default_run_covers_every_shipped_toy_model_into_runs_under_the_current_
     assert {r.out for r in requests} == {tmp_path / "runs" / m for m in ("toy-s", "toy-m", "toy-l")}
     assert (tmp_path / "runs" / "_probe" / "toyworld" / "attributes.parquet").is_file()
     assert all(pipeline.default_pool(r.model) == "toyworld" for r in requests)
+
+
+def test_score_rebuilds_heads_from_the_stored_spans_exactly_as_a_recomputed_textspan(tiny_run):
+    import numpy as np
+
+    from precompute import store
+    from precompute.pipeline import loaded_for_run
+    from precompute.stage_score import DEFAULT_TEMPLATES, _zero_shot
+    from precompute.stage_textspan import head_stats, read_spans
+    from precompute.textspan import reconstruct, textspan_from_stats
+
+    _, out, _ = tiny_run
+    manifest = store.read_manifest(out)
+    ts = manifest["stages"]["textspan"]
+    texts = store.arrow_to_vectors(pq.read_table(out / schema.TEXTS_FILE).column("embedding"))
+    images = pq.read_table(out / schema.IMAGES_FILE)
+    embeddings = store.arrow_to_vectors(pq.read_table(out / schema.IMAGE_EMBEDDINGS_FILE).column("embedding"))
+    spans = read_spans(out)
+    assert sorted(spans) == [(layer, h) for layer in manifest["layers"] for h in range(manifest["heads"])]
+    delta = np.zeros_like(embeddings, dtype=np.float64)
+    for (layer, head), stored in spans.items():
+        again = textspan_from_stats(head_stats(out, layer, head), texts, k=ts["k"], rank=ts["rank"])  # as before
+        np.testing.assert_array_equal(stored.picks, again.picks)
+        np.testing.assert_array_equal(stored.basis, again.basis)
+        np.testing.assert_array_equal(stored.mean, again.mean)
+        assert (stored.total_variance, stored.rank, stored.n) == (again.total_variance, again.rank, again.n)
+        ids, vectors = store.read_head(out, layer, head)
+        assert ids.tolist() == images.column("image_id").to_pylist()
+        np.testing.assert_array_equal(reconstruct(vectors, stored), reconstruct(vectors, again))
+        delta += vectors - reconstruct(vectors, again)
+    # the stage's zero-shot with heads replaced equals the old recompute-every-head path
+    intact, replaced = _zero_shot(loaded_for_run(out, "cpu"), images.column("label").to_pylist(), embeddings, delta,
+                                  DEFAULT_TEMPLATES)
+    model = pq.read_table(out / schema.MODEL_SCORES_FILE).to_pylist()[0]
+    assert model["zeroshot_intact"] == pytest.approx(intact, abs=0) and model["zeroshot_replaced"] == pytest.approx(
+        replaced, abs=0)
+    head_variance = {(r["layer"], r["head"]): r["head_variance"]
+                     for r in pq.read_table(out / schema.HEAD_SCORES_FILE).to_pylist()}
+    assert head_variance == {k: pytest.approx(v.total_variance, rel=1e-6) for k, v in spans.items()}
+
+
+def test_score_on_a_run_without_head_spans_names_the_command(tiny_run):
+    _, out, _ = tiny_run
+    (out / schema.HEAD_SPANS_FILE).unlink()  # as a textspan stage of an older version left it
+    result = invoke("score", "--out", out, "--force", "--quiet")
+    assert result.exit_code == 2 and f"rerun `clip-interpret textspan --out {out}`" in result.output
