@@ -129,6 +129,7 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     scores = metrics.score_heads(inputs, k=opts.top_k)
     intact = replaced = None
     if zero_shot:
+        np.subtract(embeddings, delta, out=delta)  # in place: the embeddings with every analysed head replaced
         intact, replaced = _zero_shot(loaded, images.column("label").to_pylist(), embeddings, delta, opts.templates)
     model = metrics.model_scores(scores, intact, replaced)
     _write(run_dir, manifest, scores, model)
@@ -156,20 +157,21 @@ def _aligned(path: Path, column: str, position: dict[int, int]) -> np.ndarray:
     return out
 
 
-def _zero_shot(loaded: LoadedModel, labels: list, embeddings: np.ndarray, delta: np.ndarray,
+def _zero_shot(loaded: LoadedModel, labels: list, embeddings: np.ndarray, replaced: np.ndarray,
                templates: tuple[str, ...]) -> tuple[float, float]:
-    """Accuracy over the probe set's classes, intact and with the analysed heads reconstructed."""
+    """Accuracy over the probe set's classes of the embeddings [n, D], intact and with the analysed heads replaced."""
     from precompute.textenc import encode_texts
 
     classes = sorted({c for c in labels if c is not None})
     prompts = [t.format(c.replace("_", " ")) for c in classes for t in templates]
     emb = encode_texts(loaded, prompts).reshape(len(classes), len(templates), -1).mean(1)  # [c, D]
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = {c: i for i, c in enumerate(classes)}
     keep = np.array([c is not None for c in labels])
-    y = np.array([classes.index(c) for c in labels if c is not None])
-    intact = metrics.zero_shot_accuracy(embeddings[keep], emb, y)
-    replaced = metrics.zero_shot_accuracy((embeddings - delta)[keep], emb, y)
-    return intact, replaced
+    y = np.array([index[c] for c in labels if c is not None])
+    if not keep.all():  # otherwise no [n, D] copies
+        embeddings, replaced = embeddings[keep], replaced[keep]
+    return metrics.zero_shot_accuracy(embeddings, emb, y), metrics.zero_shot_accuracy(replaced, emb, y)
 
 
 def _write(run_dir: Path, manifest: dict, scores, model) -> None:

@@ -269,8 +269,8 @@ def test_score_rebuilds_heads_from_the_stored_spans_exactly_as_a_recomputed_text
         np.testing.assert_array_equal(reconstruct(vectors, stored), reconstruct(vectors, again))
         delta += vectors - reconstruct(vectors, again)
     # the stage's zero-shot with heads replaced equals the old recompute-every-head path
-    intact, replaced = _zero_shot(loaded_for_run(out, "cpu"), images.column("label").to_pylist(), embeddings, delta,
-                                  DEFAULT_TEMPLATES)
+    intact, replaced = _zero_shot(loaded_for_run(out, "cpu"), images.column("label").to_pylist(), embeddings,
+                                  embeddings - delta, DEFAULT_TEMPLATES)
     model = pq.read_table(out / schema.MODEL_SCORES_FILE).to_pylist()[0]
     assert model["zeroshot_intact"] == pytest.approx(intact, abs=0) and model["zeroshot_replaced"] == pytest.approx(
         replaced, abs=0)
