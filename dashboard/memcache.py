@@ -107,6 +107,10 @@ class ByteCache:
                 return True, self._items[key][0]
             return False, None
 
+    def peek(self, key: Hashable) -> Any:
+        """The value of ``key`` if cached (counted as a hit), else None; never loads."""
+        return self._lookup(key)[1]
+
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
         """The value of ``key``, loaded by ``load()`` on a miss (once, however many threads ask at the same time)."""
         found, value = self._lookup(key)
