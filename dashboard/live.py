@@ -272,7 +272,7 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
     if vectors.dtype == np.float16:
         return np.concatenate([row_norms(vectors[i:i + _BLOCK].astype(np.float32))
                                for i in range(0, len(vectors), _BLOCK)] or [np.zeros(0, np.float32)])
-    return np.linalg.norm(vectors, axis=1).astype(np.float32)
+    return np.sqrt(np.einsum("nd,nd->n", vectors, vectors, dtype=np.float32))  # [n]; no [n, D] temporary
 
 
 _BLOCK = 8192  # rows widened to float32 at a time

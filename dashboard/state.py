@@ -108,7 +108,7 @@ HALF_MAX = 60_000.0  # float16 holds up to 65,504; a larger value keeps its matr
 def _frozen(ids: np.ndarray, vectors: np.ndarray) -> HeadMatrix:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [n, D]
     mean = vectors.mean(0, dtype=np.float64).astype(np.float32)  # [D]
-    fits = not vectors.size or float(np.abs(vectors).max()) < HALF_MAX
+    fits = not vectors.size or max(float(vectors.max()), -float(vectors.min())) < HALF_MAX  # no [n, D] temporary
     m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, live.row_norms(vectors), mean)
     for a in (m.ids, m.vectors, m.norms, m.mean):
         a.flags.writeable = False  # shared between sessions
@@ -177,7 +177,8 @@ def _mean_of(cat: Catalog, run: str, heads: tuple[tuple[int, int], ...]) -> Head
             raise InterpretError(f"run {run!r}: heads L{layer}.H{head} and L{heads[0][0]}.H{heads[0][1]} "
                                  "cover different images; rerun the decompose stage")
         total += vectors
-    return _frozen(first, total / len(heads))
+    total /= len(heads)  # in place: one [n, D] float32 less at the peak
+    return _frozen(first, total)
 
 
 def mean_matrix(cat: Catalog, run: str, heads: list[tuple[int, int]]) -> HeadMatrix:
