@@ -16,8 +16,8 @@ import numpy as np
 
 
 def images_per_second(n: int, repeats: int = 3) -> float:
-    from precompute.captions import CaptionDropout
-    from precompute.toyworld import render_batch
+    from precompute.toyworld.captions import CaptionDropout
+    from precompute.toyworld.generator import render_batch
 
     render_batch(64, 0)  # build the cached masks and background tiles outside the timing
     best = 0.0
@@ -29,7 +29,7 @@ def images_per_second(n: int, repeats: int = 3) -> float:
 
 
 def probe_set_per_second(n: int) -> float:
-    from precompute.toyworld import write_probe_set
+    from precompute.toyworld.generator import write_probe_set
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -41,8 +41,8 @@ def step_seconds(model_name: str, batch_size: int, bf16: bool, steps: int = 6) -
     """Median seconds per training step (render, forward, losses, backward, AdamW) after 2 warm-up steps."""
     import torch
 
-    from precompute.toyworld import render_batch
-    from precompute.train import AuxHeads, Tokens, TrainConfig, create_toy_model, train_step
+    from precompute.toyworld.generator import render_batch
+    from precompute.toyworld.train import AuxHeads, Tokens, TrainConfig, create_toy_model, train_step
 
     cfg = TrainConfig(model=model_name, batch_size=batch_size, bf16=bf16)
     torch.set_num_threads(cfg.threads)

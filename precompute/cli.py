@@ -376,7 +376,7 @@ def dashboard(
 
 
 def _mount_toyworld() -> None:
-    from precompute.cli_toyworld import app as toyworld_app
+    from precompute.toyworld.cli import app as toyworld_app
 
     app.add_typer(toyworld_app, name="toyworld")
 

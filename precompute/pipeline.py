@@ -66,7 +66,7 @@ def toy_models() -> list[str]:
 
 def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Path:
     """The toy-world probe set of the embedded default, generated on first use."""
-    from precompute.toyworld import ATTRIBUTES_FILE, write_probe_set
+    from precompute.toyworld.generator import ATTRIBUTES_FILE, write_probe_set
 
     path = path or paths.probe_dir()
     if not (path / ATTRIBUTES_FILE).is_file():

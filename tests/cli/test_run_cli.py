@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from precompute import schema
-from precompute.captions import ATTRIBUTE_NAMES
 from precompute.cli import app
+from precompute.toyworld.captions import ATTRIBUTE_NAMES
 from tests.conftest import make_image_folder
 
 runner = CliRunner()

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from precompute import pool_builder
-from precompute.captions import ATTRIBUTE_NAMES, ATTRIBUTES, mentioned
 from precompute.errors import InputError
 from precompute.pools import POOLS_DIR, Pool, list_pools, load_pool, normalise
+from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, mentioned
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BUILD_POOLS = Path(__file__).resolve().parents[2] / "scripts" / "build_pools.py"
+
+
+def _pool_builder():
+    """scripts/build_pools.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("build_pools", BUILD_POOLS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_shipped_pools_are_listed_and_load_by_name():
@@ -57,9 +70,16 @@ def test_general_pool_size_and_properties():
 
 
 def test_shipped_csvs_are_what_the_builder_writes(tmp_path):
-    written = pool_builder.build(tmp_path)
+    written = _pool_builder().build(tmp_path)
     for path in written:
         assert path.read_bytes() == (POOLS_DIR / path.name).read_bytes(), path.name
+
+
+def test_build_pools_script_runs_and_writes_where_asked(tmp_path):
+    done = subprocess.run([sys.executable, str(BUILD_POOLS), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["general.csv", "toyworld.csv"]
+    assert (tmp_path / "toyworld.csv").read_bytes() == (POOLS_DIR / "toyworld.csv").read_bytes()
 
 
 def _write(path, text):

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from precompute.captions import ATTRIBUTE_NAMES, ATTRIBUTES, CaptionDropout, mentioned, prompts
 from precompute.errors import InputError
-from precompute.toyworld import RGB, render_batch, write_probe_set
+from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, CaptionDropout, mentioned, prompts
+from precompute.toyworld.generator import RGB, render_batch, write_probe_set
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -140,7 +140,7 @@ def test_probe_set_layout_and_attributes(tmp_path):
 def test_probe_set_pixels_match_render_batch(tmp_path):
     write_probe_set(tmp_path, 5, seed=2)
     rows = pq.read_table(tmp_path / "attributes.parquet").to_pylist()
-    from precompute.toyworld import iter_batches
+    from precompute.toyworld.generator import iter_batches
 
     expected = next(iter_batches(5, 2))
     for row, image in zip(rows, expected.images):
@@ -173,7 +173,7 @@ def test_bad_counts_are_refused(tmp_path):
 def test_cli_images_writes_a_probe_set(tmp_path):
     from typer.testing import CliRunner
 
-    from precompute.cli_toyworld import app
+    from precompute.toyworld.cli import app
 
     result = CliRunner().invoke(app, ["images", "--n", "7", "--seed", "1", "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output

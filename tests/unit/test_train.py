@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from precompute.captions import ATTRIBUTE_NAMES, NO_DROPOUT, CaptionDropout  # noqa: E402
 from precompute.errors import InputError, ModelError  # noqa: E402
 from precompute.paths import CONFIG_DIR, MODELS_DIR  # noqa: E402
-from precompute.toyworld import render_batch  # noqa: E402
-from precompute.train import (  # noqa: E402
+from precompute.toyworld.captions import ATTRIBUTE_NAMES, NO_DROPOUT, CaptionDropout  # noqa: E402
+from precompute.toyworld.generator import render_batch  # noqa: E402
+from precompute.toyworld.train import (  # noqa: E402
     EVAL_IMAGES,
     TrainConfig,
     contrastive_loss,
@@ -109,7 +109,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     straight, _ = train(TINY, tmp_path / "a", progress=False)
 
-    import precompute.train as train_module
+    import precompute.toyworld.train as train_module
 
     calls = {"n": 0}
     real = train_module.render_batch
@@ -135,7 +135,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
 def test_sigterm_stops_between_steps_and_resumes(tmp_path, monkeypatch):
     import signal
 
-    import precompute.train as train_module
+    import precompute.toyworld.train as train_module
 
     straight, _ = train(TINY, tmp_path / "a", progress=False)
     calls = {"n": 0}

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from precompute.captions import ATTRIBUTE_NAMES, ATTRIBUTES, NO_DROPOUT, TEMPLATES, CaptionDropout, caption
 from precompute.errors import InputError
+from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, NO_DROPOUT, TEMPLATES, CaptionDropout, caption
 
 IMAGE_SIZE = 64
 PATCH = 8  # the toy models' patch size: objects are laid out on this grid

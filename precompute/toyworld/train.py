@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from precompute.captions import ATTRIBUTE_NAMES, ATTRIBUTES, PROMPTS, CaptionDropout, prompts
 from precompute.errors import InputError, ModelError
 from precompute.paths import CONFIG_DIR, MODELS_DIR
-from precompute.toyworld import render_batch
+from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, PROMPTS, CaptionDropout, prompts
+from precompute.toyworld.generator import render_batch
 
 SIZES = {"s": "toy-s", "m": "toy-m", "l": "toy-l"}
 CHECKPOINT = "checkpoint.pt"

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from precompute.captions import ATTRIBUTE_NAMES
+from precompute.toyworld.captions import ATTRIBUTE_NAMES
 
 # Spinning OpenMP threads make training 2-3x slower when another process shares the 2 cores (measured;
 # ~8% slower on an idle machine). libgomp reads this once, when torch loads, so it only takes effect if
@@ -26,7 +26,7 @@ def images(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed and n give byte-identical images.")] = 0,
 ) -> None:
     """Write a probe set of toy-world images laid out as class folders by shape."""
-    from precompute.toyworld import write_probe_set
+    from precompute.toyworld.generator import write_probe_set
 
     path = write_probe_set(out, n, seed, progress=True)
     typer.echo(f"wrote {n} images and {path}")
@@ -50,7 +50,7 @@ def train(
 ) -> None:
     """Train a toy CLIP model (resumes from the last checkpoint if the work folder has one), export and evaluate it."""
     from precompute import paths
-    from precompute.train import TrainConfig, config_with, model_name, train_and_export
+    from precompute.toyworld.train import TrainConfig, config_with, model_name, train_and_export
 
     name = model_name(size)
     if minutes is None and steps is None:
@@ -72,8 +72,8 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Zero-shot accuracy per attribute of an exported toy model."""
-    from precompute.train import EVAL_SEED
-    from precompute.train import evaluate as run_evaluate
+    from precompute.toyworld.train import EVAL_SEED
+    from precompute.toyworld.train import evaluate as run_evaluate
 
     result = run_evaluate(model, n=n, seed=EVAL_SEED if seed is None else seed)
     if json_out:

@@ -1,12 +1,13 @@
 """Write the shipped text pools ``data/pools/toyworld.csv`` and ``data/pools/general.csv``.
 
 Both are composed from vocabularies x templates, deterministically: rerunning
-``python -m precompute.pool_builder`` rewrites byte-identical files. The
-property tag of every row is the vocabulary it came from.
+``python scripts/build_pools.py [OUT_DIR]`` (default: the shipped ``data/pools``)
+rewrites byte-identical files. The property tag of every row is the vocabulary
+it came from.
 
 - toyworld: several phrasings of every toy-world attribute value; each
   description names exactly one attribute (the value words are disjoint
-  across attributes, see ``precompute.captions``).
+  across attributes, see ``precompute.toyworld.captions``).
 - general: short descriptions of natural images in the style of TEXTSPAN's
   ``image_descriptions_general`` ("image with a vibrant color", "photo taken
   in Paris"), for real CLIP models.
@@ -17,10 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 from pathlib import Path
 
-from precompute.captions import ATTRIBUTES, plural
 from precompute.pools import POOLS_DIR, normalise
+from precompute.toyworld.captions import ATTRIBUTES, plural
 
 TOY_TEMPLATES: dict[str, tuple[str, ...]] = {
     "shape": ("a {v}", "a {v} shape", "an image of a {v}", "a photo of a {v}", "something shaped like a {v}",
@@ -278,5 +280,5 @@ def build(out_dir: Path = POOLS_DIR) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in build():
+    for p in build(Path(sys.argv[1]) if len(sys.argv) > 1 else POOLS_DIR):
         print(p)
