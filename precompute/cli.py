@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from precompute import paths  # noqa: E402
-from precompute.errors import InterpretError  # noqa: E402
+from precompute.errors import IO_EXIT_CODE, InterpretError, describe_io_error  # noqa: E402
 
 app = typer.Typer(
     help="What do the attention heads of CLIP vision transformers do? Decompose, name, label, score, explore.",
@@ -29,7 +29,7 @@ app = typer.Typer(
 
 
 def handle_errors(fn):
-    """Print domain errors as one line on stderr and exit non-zero, without a traceback."""
+    """Print domain errors and I/O failures as one line on stderr and exit non-zero, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,6 +43,9 @@ def handle_errors(fn):
         except InterpretError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # disk full, file too large, permission: one line, not a traceback
+            typer.secho(f"error: {describe_io_error(e)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(IO_EXIT_CODE) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(130) from None

@@ -102,7 +102,7 @@ def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | Non
         raise RunDirError(f"--out {run_dir} exists and is a file")
     manifest = store.read_manifest(run_dir)
     if manifest is None:
-        if any(run_dir.iterdir()):
+        if any(p for p in run_dir.iterdir() if not p.name.endswith(store.TEMP_SUFFIX)):
             raise RunDirError(f"--out {run_dir} exists, is not empty and is not a run folder; pick another --out")
         return None
     theirs = _identity(manifest.get("model", {})) if "model" in manifest else {}
@@ -126,6 +126,8 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
     layers = list(parse_layers(opts.layers, loaded.info.layers))
     model = model_record(loaded)
     manifest = _check_existing(run_dir, model, layers)
+    if run_dir.is_dir():
+        store.sweep_temp(run_dir)  # orphans of a killed earlier write (a half-written images.parquet, say)
     root = Path(opts.images).resolve()
     found = discover(root, opts.limit)
     chunks = store.ChunkStore(run_dir, STAGE)

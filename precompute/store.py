@@ -1,7 +1,10 @@
 """Run directories: atomic Parquet writes, the manifest, chunked resumable work.
 
 A write is a temp file in the same folder, then ``os.replace``: a reader sees the
-old file or the new one, never half of one. Long work is split into chunks of
+old file or the new one, never half of one. Files get the permissions the process
+umask allows (0644 under the usual 022; directories 0755), so teammates and
+service accounts can read a run; the temp files of a write that was killed are
+swept when the next stage starts on the run (``sweep_temp``). Long work is split into chunks of
 images; a chunk's files are written first and its ``DONE`` marker last, so a run
 killed at any moment restarts by redoing only unfinished chunks, overwriting
 their partial files under the same names: exactly one row per (image, layer, head).
@@ -29,13 +32,41 @@ WORK_DIR = "_work"
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _read_umask() -> int:
+    """The process umask (read once at import, while single-threaded: os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 whatever the umask; a run is meant to be shared
+    return fd, tmp
+
+
+def sweep_temp(run_dir: Path) -> int:
+    """Remove temp files that killed atomic writes left anywhere in ``run_dir``; return how many.
+
+    Called when a stage starts: one run folder has one writer at a time, so any temp file there is an orphan.
+    """
+    removed = 0
+    for tmp in Path(run_dir).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -186,12 +217,13 @@ def stage_current(manifest: dict, stage: str, key: str) -> bool:
 
 
 def require_stage(run_dir: Path, stage: str, command: str) -> dict:
-    """The run's manifest, or a RunDirError naming the command that makes ``stage``."""
+    """The run's manifest, or a RunDirError naming the command that makes ``stage``; sweeps orphaned temp files."""
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise RunDirError(f"{run_dir} is not a run folder (no {schema.MANIFEST}); make one with `clip-interpret run`")
     if not manifest.get("stages", {}).get(stage, {}).get("done"):
         raise RunDirError(f"{run_dir} has no finished {stage} stage yet; run `{command}` first")
+    sweep_temp(run_dir)
     return manifest
 
 
