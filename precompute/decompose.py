@@ -23,16 +23,20 @@ A head's vector is r[l,h] = sum_m phi(term[l,h,m]). The model runs unchanged
 (open_clip's stock blocks, fused attention kernel included); a pre-hook on each
 chosen layer's attention recomputes only what the class token needs, cheaply:
 
-    q = W_Q x_0 + b_Q                          the class-token query   [b, h, e]
+    q = W_Q x_0 + b_Q                          the class-token query   [b, h, k]
     logits_m = x_m . (W_K^T q) + b_K . q       no key for every token  [b, h, t]
-    o = W_V (sum_m a_m x_m) + b_V              no value for every token [b, h, e]
+    o = W_V (sum_m a_m x_m) + b_V              no value for every token [b, h, k]
 
 so the extra cost per image is O(t d h + d^2), not O(t d^2) (about 1% of the
 layer). Per-token terms need every token's value, and are computed only when
 asked for.
 
+The captured activations are named as TransformerLens names its hooks (module path,
+then ``hook_...``) and listed once, in ``CAPTURES``; ``Decomposer.run_with_cache``
+returns them by those names.
+
 Dimension letters: b batch, L all layers, l chosen layers, h heads, t tokens,
-d residual width, e head width, D output width.
+d residual width, k head width, D output width (e is the image embedding, not a dimension).
 """
 
 from __future__ import annotations
@@ -45,6 +49,17 @@ from torch import Tensor
 
 from precompute.errors import ModelError
 from precompute.hooks import Hook, hooked
+
+# What the decomposition captures, by name (``.format(l=layer)`` for a block's); class-token rows unless the
+# shape says otherwise. hook_z is TransformerLens's name for a head's output before W_O, not the residual z.
+EMBED = "ln_pre.hook_out"  # [b, d] x0, the embeddings after ln_pre
+ATTN_IN = "blocks.{l}.ln_1.hook_out"  # [b, t, d] the attention's input at every token (spatial only)
+PATTERN = "blocks.{l}.attn.hook_pattern"  # [b, h, t] a, the class token's attention row (spatial only)
+HEAD_OUT = "blocks.{l}.attn.hook_z"  # [b, h, k] o, each head's output before W_O (chosen layers only)
+ATTN_OUT = "blocks.{l}.hook_attn_out"  # [b, d] the attention block's output, before layer scale
+MLP_OUT = "blocks.{l}.hook_mlp_out"  # [b, d] the MLP's output, before layer scale
+RESID_FINAL = "ln_post.hook_in"  # [b, d] z, the final residual (already pooled when ln_post follows the pooling)
+CAPTURES = (EMBED, ATTN_IN, PATTERN, HEAD_OUT, ATTN_OUT, MLP_OUT, RESID_FINAL)
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,7 @@ class Decomposer:
     """Runs the model once per batch with capture hooks and returns a ``Decomposition``.
 
     Built once per (model, layers): it precomputes the per-head readout matrices
-    A[l] = (W_O[:, h] * ls_1)^T @ Cg, shape [h, e, D], so a head's vector is one
+    A[l] = (W_O[:, h] * ls_1)^T @ Cg, shape [h, k, D], so a head's vector is one
     small einsum of its output at the class token.
     """
 
@@ -113,109 +128,118 @@ class Decomposer:
             self.ls_attn = [_layer_scale(b.ls_1, gamma) for b in self.blocks]  # L x [d]
             self.ls_mlp = [_layer_scale(b.ls_2, gamma) for b in self.blocks]  # L x [d]
             self.qkv = {i: self._qkv(i) for i in self.layers}
-            self.readout_heads = {i: self._head_readout(i) for i in self.layers}  # l x [h, e, D]
+            self.readout_heads = {i: self._head_readout(i) for i in self.layers}  # l x [h, k, D]
             self.bias_out = {
                 i: (self.blocks[i].attn.out_proj.bias.detach().float() * self.ls_attn[i]) @ self.cg
                 for i in self.layers
             }  # l x [D]
 
     def _qkv(self, i: int) -> tuple[Tensor, ...]:
-        """W_Q, W_K, W_V as [h, e, d], their biases as [h, e], and the head scale as [h, 1] (ones if none)."""
+        """W_Q, W_K, W_V as [h, k, d], their biases as [h, k], and the head scale as [h, 1] (ones if none)."""
         attn = self.blocks[i].attn
-        h, e, d = self.heads, self.head_width, self.width
-        w = attn.in_proj_weight.detach().float().view(3, h, e, d)  # [3, h, e, d]
+        h, k, d = self.heads, self.head_width, self.width
+        w = attn.in_proj_weight.detach().float().view(3, h, k, d)  # [3, h, k, d]
         like = dict(device=w.device, dtype=torch.float32)  # constants live where the weights do (GPU, meta)
         has_bias = attn.in_proj_bias is not None
-        b = attn.in_proj_bias.detach().float().view(3, h, e) if has_bias else torch.zeros(3, h, e, **like)
+        b = attn.in_proj_bias.detach().float().view(3, h, k) if has_bias else torch.zeros(3, h, k, **like)
         scale = getattr(attn, "head_scale", None)
         scale = scale.detach().float().view(h, 1) if scale is not None else torch.ones(h, 1, **like)  # [h, 1]
         return w[0], w[1], w[2], b[0], b[1], b[2], scale
 
     def _head_readout(self, i: int) -> Tensor:
         w_o = self.blocks[i].attn.out_proj.weight.detach().float()  # [d, d]: out = o @ W_O^T
-        w_o = (w_o * self.ls_attn[i][:, None]).view(self.width, self.heads, self.head_width)  # [d, h, e]
-        return torch.einsum("dhe,dD->heD", w_o, self.cg)  # [h, e, D]
+        w_o = (w_o * self.ls_attn[i][:, None]).view(self.width, self.heads, self.head_width)  # [d, h, k]
+        return torch.einsum("dhk,dD->hkD", w_o, self.cg)  # [h, k, D]
 
     def _class_attention(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The class-token attention row a [b, h, t] and head outputs o [b, h, e] of layer i, from its input x."""
+        """The class-token attention row a [b, h, t] and head outputs o [b, h, k] of layer i, from its input x."""
         wq, wk, wv, bq, bk, bv, scale = self.qkv[i]
-        q = torch.einsum("bd,hed->bhe", x[:, 0], wq) + bq  # [b, h, e]
-        u = torch.einsum("bhe,hed->bhd", q, wk)  # [b, h, d]: W_K^T q
+        q = torch.einsum("bd,hkd->bhk", x[:, 0], wq) + bq  # [b, h, k]
+        u = torch.einsum("bhk,hkd->bhd", q, wk)  # [b, h, d]: W_K^T q
         logits = torch.einsum("btd,bhd->bht", x, u) + (q * bk).sum(-1)[..., None]  # [b, h, t]
         a = (logits * self.head_width ** -0.5).softmax(-1)  # [b, h, t]
         mixed = torch.einsum("bht,btd->bhd", a, x)  # [b, h, d]: sum_m a_m x_m
-        o = (torch.einsum("bhd,hed->bhe", mixed, wv) + bv) * scale  # [b, h, e]
+        o = (torch.einsum("bhd,hkd->bhk", mixed, wv) + bv) * scale  # [b, h, k]
         return a, o
 
-    def _hooks(self, store: dict) -> list[Hook]:
+    def _hooks(self, cache: dict[str, Tensor]) -> list[Hook]:
         def first(out):
             return out[0] if isinstance(out, tuple) else out  # nn.MultiheadAttention returns (output, weights)
 
-        def save_output(key):
+        def save_output(name):
             def fn(_module, _args, out):
-                store[key] = first(out)[:, 0].to(dtype=torch.float32, copy=True)  # [b, d], not a view of [b, t, d]
+                cache[name] = first(out)[:, 0].to(dtype=torch.float32, copy=True)  # [b, d], not a view of [b, t, d]
             return fn
 
         def class_attention(i):
             def fn(_module, args):
                 x = args[0].float()  # [b, t, d]: ln_1 output
                 a, o = self._class_attention(i, x)
-                store[("o", i)] = o
+                cache[HEAD_OUT.format(l=i)] = o
                 if self.spatial:
-                    store[("a", i)], store[("x", i)] = a, x.clone()
+                    cache[PATTERN.format(l=i)], cache[ATTN_IN.format(l=i)] = a, x.clone()
             return fn
 
         def save_z(_module, args):
             z = args[0]
-            store["z"] = (z[:, 0] if z.ndim == 3 else z).to(dtype=torch.float32, copy=True)  # [b, d]
+            cache[RESID_FINAL] = (z[:, 0] if z.ndim == 3 else z).to(dtype=torch.float32, copy=True)  # [b, d]
 
-        hooks = [Hook(self.visual.ln_pre, "forward", save_output("embed"))]
+        hooks = [Hook(self.visual.ln_pre, "forward", save_output(EMBED), EMBED)]
         for i, block in enumerate(self.blocks):
-            hooks.append(Hook(block.attn, "forward", save_output(("attn", i))))
-            hooks.append(Hook(block.mlp, "forward", save_output(("mlp", i))))
+            attn_out, mlp_out, head_out = ATTN_OUT.format(l=i), MLP_OUT.format(l=i), HEAD_OUT.format(l=i)
+            hooks.append(Hook(block.attn, "forward", save_output(attn_out), attn_out))
+            hooks.append(Hook(block.mlp, "forward", save_output(mlp_out), mlp_out))
             if i in self.readout_heads:
-                hooks.append(Hook(block.attn, "forward_pre", class_attention(i)))
-        hooks.append(Hook(self.visual.ln_post, "forward_pre", save_z))
+                hooks.append(Hook(block.attn, "forward_pre", class_attention(i), head_out))
+        hooks.append(Hook(self.visual.ln_post, "forward_pre", save_z, RESID_FINAL))
         return hooks
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor) -> Decomposition:
-        store: dict = {}
+    def run_with_cache(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The model's own embedding e [b, D] (in float32) and every capture, by its name in ``CAPTURES``."""
+        cache: dict[str, Tensor] = {}
         weight = self.visual.ln_post.weight
         dtype = self.visual.conv1.weight.dtype  # the model's compute dtype (fp32, fp16 or bf16)
         images = images.to(device=weight.device, dtype=dtype, non_blocking=True)
-        with hooked(self._hooks(store)):
+        with hooked(self._hooks(cache)):
             e = self.model.encode_image(images).float()  # [b, D]: the readout and every sum below run in fp32
-        z = store["z"]  # [b, d]
+        return e, cache
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Decomposition:
+        e, cache = self.run_with_cache(images)
+        z = cache[RESID_FINAL]  # [b, d]
         sigma = torch.sqrt(z.var(-1, unbiased=False) + self.eps)  # [b]
         norm = e.norm(dim=-1)  # [b]
         scale = (sigma * norm)[:, None]  # [b, 1]
         b = e.shape[0]
         L = len(self.blocks)
 
-        embed = store["embed"] @ self.cg / scale  # [b, D]
-        attn = torch.stack([(store[("attn", i)] * self.ls_attn[i]) @ self.cg for i in range(L)], 1)  # [b, L, D]
-        mlp = torch.stack([(store[("mlp", i)] * self.ls_mlp[i]) @ self.cg for i in range(L)], 1)  # [b, L, D]
-        attn = attn / scale[:, None]
-        mlp = mlp / scale[:, None]
+        embed = cache[EMBED] @ self.cg / scale  # [b, D]
+        attn = torch.stack([(cache[ATTN_OUT.format(l=i)] * self.ls_attn[i]) @ self.cg for i in range(L)], 1)
+        mlp = torch.stack([(cache[MLP_OUT.format(l=i)] * self.ls_mlp[i]) @ self.cg for i in range(L)], 1)
+        attn = attn / scale[:, None]  # [b, L, D]
+        mlp = mlp / scale[:, None]  # [b, L, D]
         ln_bias = self.beta_out[None, :].expand(b, -1) / norm[:, None]  # [b, D]
 
         heads = torch.stack(
-            [torch.einsum("bhe,heD->bhD", store[("o", i)], self.readout_heads[i]) for i in self.layers], 1
+            [torch.einsum("bhk,hkD->bhD", cache[HEAD_OUT.format(l=i)], self.readout_heads[i]) for i in self.layers], 1
         ) / scale[:, None, None]  # [b, l, h, D]
         attn_bias = torch.stack([self.bias_out[i].expand(b, -1) for i in self.layers], 1) / scale[:, None]  # [b, l, D]
         tokens = None
         if self.spatial:
-            tokens = torch.stack([self._token_terms(i, store[("x", i)], store[("a", i)]) for i in self.layers], 1)
+            tokens = torch.stack(
+                [self._token_terms(i, cache[ATTN_IN.format(l=i)], cache[PATTERN.format(l=i)]) for i in self.layers], 1
+            )
             tokens = tokens / scale[:, None, None, None]  # [b, l, h, t, D]
         return Decomposition(e / norm[:, None], embed, attn, mlp, ln_bias, self.layers, heads, attn_bias, tokens)
 
     def _token_terms(self, i: int, x: Tensor, a: Tensor) -> Tensor:
         """Per-token terms of layer i before the 1/(sigma ||e||) scale: [b, h, t, D]."""
         _, _, wv, _, _, bv, scale = self.qkv[i]
-        v = torch.einsum("btd,hed->bthe", x, wv) + bv  # [b, t, h, e]: every token's value
-        readout = self.readout_heads[i] * scale[:, :, None]  # [h, e, D]
-        return a[..., None] * torch.einsum("bthe,heD->bhtD", v, readout)  # [b, h, t, D]
+        v = torch.einsum("btd,hkd->bthk", x, wv) + bv  # [b, t, h, k]: every token's value
+        readout = self.readout_heads[i] * scale[:, :, None]  # [h, k, D]
+        return a[..., None] * torch.einsum("bthk,hkD->bhtD", v, readout)  # [b, h, t, D]
 
 
 def decompose(model: torch.nn.Module, images: Tensor, layers: Sequence[int], spatial: bool = False) -> Decomposition:

@@ -20,6 +20,22 @@ class Hook:
     module: nn.Module
     kind: HookKind
     fn: Callable
+    name: str = ""  # the capture it writes (decompose.CAPTURES), named in the note of an error it raises
+
+
+def _named(hook: Hook) -> Callable:
+    """``hook.fn``, adding the hook's name as a note to any exception it raises."""
+    if not hook.name:
+        return hook.fn
+
+    def fn(*args):
+        try:
+            return hook.fn(*args)
+        except Exception as e:
+            e.add_note(f"raised in the {hook.kind} hook that captures {hook.name}")
+            raise
+
+    return fn
 
 
 @contextmanager
@@ -29,11 +45,12 @@ def hooked(hooks: list[Hook]) -> Iterator[None]:
     try:
         for h in hooks:
             if h.kind == "forward":
-                handles.append(h.module.register_forward_hook(h.fn))
+                handles.append(h.module.register_forward_hook(_named(h)))
             elif h.kind == "forward_pre":
-                handles.append(h.module.register_forward_pre_hook(h.fn))
+                handles.append(h.module.register_forward_pre_hook(_named(h)))
             else:
-                raise ValueError(f"unknown hook kind {h.kind!r}")
+                raise ValueError(f"unknown hook kind {h.kind!r} for {h.name or h.module}: "
+                                 "choose forward or forward_pre")
         yield
     finally:
         for handle in handles:

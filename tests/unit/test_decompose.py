@@ -6,21 +6,28 @@ import open_clip
 import pytest
 import torch
 
-from precompute.decompose import Decomposer, decompose, spatial_maps
+from precompute.decompose import (
+    ATTN_IN, ATTN_OUT, CAPTURES, EMBED, HEAD_OUT, MLP_OUT, PATTERN, RESID_FINAL, Decomposer, decompose, spatial_maps,
+)
 from precompute.hooks import hook_count
 from precompute.registry import ModelSpec, WeightsSource, load_model
 
 TOL = 1e-4
 
 
-def _perturbed(arch: str, seed: int = 0):
-    """A random model with non-trivial LayerNorm gains/biases and attention biases, so every term matters."""
-    torch.manual_seed(seed)
-    loaded = load_model(ModelSpec(arch, WeightsSource("none")))
+def perturb_(model) -> None:
+    """Give a random model non-trivial LayerNorm gains/biases and attention biases, so every term matters."""
     with torch.no_grad():
-        for name, p in loaded.model.visual.named_parameters():
+        for name, p in model.visual.named_parameters():
             if p.ndim == 1:  # LN gamma/beta, biases, layer scale, class embedding
                 p.add_(torch.randn_like(p) * 0.2)
+
+
+def _perturbed(arch: str, seed: int = 0):
+    """A seeded random ``arch``, perturbed."""
+    torch.manual_seed(seed)
+    loaded = load_model(ModelSpec(arch, WeightsSource("none")))
+    perturb_(loaded.model)
     return loaded
 
 
@@ -133,6 +140,35 @@ def test_no_hook_remains_after_an_exception_in_the_forward_pass():
         Decomposer(model, [0, 1, 2], spatial=True)(torch.randn(1, 3, 32, 32))
     boom.remove()
     assert hook_count(model) == before == 0
+
+
+def test_captures_have_transformerlens_names_listed_in_one_place():
+    loaded = _perturbed("test-tiny")
+    e, cache = Decomposer(loaded.model, [1, 2], spatial=True).run_with_cache(torch.randn(2, 3, 32, 32))
+    every_layer = {name.format(l=i) for name in (ATTN_OUT, MLP_OUT) for i in range(3)}
+    chosen = {name.format(l=i) for name in (HEAD_OUT, PATTERN, ATTN_IN) for i in (1, 2)}
+    assert set(cache) == {EMBED, RESID_FINAL} | every_layer | chosen
+    assert {name.format(l=1) for name in CAPTURES} <= set(cache)
+    assert cache["blocks.2.attn.hook_z"].shape == (2, 4, 16)  # [b, h, k]
+    assert cache["blocks.1.attn.hook_pattern"].shape == (2, 4, 17)  # [b, h, t]: the class token's row
+    assert torch.allclose(cache["blocks.1.attn.hook_pattern"].sum(-1), torch.ones(2, 4))
+    assert cache["blocks.1.ln_1.hook_out"].shape == (2, 17, 64)  # [b, t, d]
+    assert cache["ln_pre.hook_out"].shape == cache["ln_post.hook_in"].shape == (2, 64)  # [b, d]
+    assert e.shape == (2, 32)
+
+
+def test_an_error_in_a_capture_hook_names_the_capture(monkeypatch):
+    loaded = _perturbed("test-tiny")
+    dec = Decomposer(loaded.model, [1])
+
+    def broken(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dec, "_class_attention", broken)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        dec(torch.randn(1, 3, 32, 32))
+    assert "blocks.1.attn.hook_z" in " ".join(info.value.__notes__)
+    assert hook_count(loaded.model) == 0
 
 
 def test_out_of_range_layers_are_refused():
