@@ -9,7 +9,7 @@ entries until the total is under the cap. A value larger than the whole cap is
 returned but not kept. Values are shared between threads: treat them as read-only.
 
 The dashboard keeps one such cache per server for head matrices; its cap is
-$CLIP_INTERPRET_CACHE_MB MiB (``capacity_from``, default 256).
+$CLIP_INTERPRET_CACHE_MB MiB (``capacity_from``, default 128).
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ import numpy as np
 from precompute.errors import InputError
 
 ENV_CACHE_MB = "CLIP_INTERPRET_CACHE_MB"
-DEFAULT_CACHE_MB = 256
+DEFAULT_CACHE_MB = 128
 
 
 def capacity_from(environ: Mapping[str, str]) -> int:
-    """Bytes the dashboard's matrix cache may hold: $CLIP_INTERPRET_CACHE_MB MiB, default 256; InputError if bad.
+    """Bytes the dashboard's matrix cache may hold: $CLIP_INTERPRET_CACHE_MB MiB, default 128; InputError if bad.
 
-    One head of a 50,000-image run at D=512 is 51 MB in float16 (ids and norms included), so 256 MiB keeps
-    5 heads (a 5,000-image run: 50); an evicted head is read again from its Parquet files (~0.25 s) the next
-    time it is shown. The default leaves room for what a server holds anyway, measured: ~1.1 GB of imported
-    libraries (torch alone ~0.7 GB), ~0.7 GB for a loaded ViT-B-16 and ~0.25 GB of pages and allocator
-    slack, so that a server browsing a 50,000-image run stays under 2.5 GB. Each 51 MB more keeps one more head.
+    One head of a 50,000-image run at D=512 is 51 MB in float16 (ids and norms included), so 128 MiB keeps
+    the head on screen and one more, or a property vector (a 5,000-image run: 25 heads); an evicted head is
+    read again from its Parquet files (0.15-0.3 s) the next time it is shown. The default leaves room for
+    what a server holds anyway, measured at 50,000 images: ~1.1 GB of imported libraries (torch alone
+    ~0.7 GB), ~0.7 GB for a loaded ViT-B-16 and ~0.4 GB of pages, thumbnails and allocator slack; after 30
+    heads the server held 2.40 GB at 128 MiB, 2.47-2.61 GB at 256 and 2.8 GB at 512. Each 51 MB more keeps
+    one more such head.
     """
     raw = environ.get(ENV_CACHE_MB, "").strip()
     if not raw:
