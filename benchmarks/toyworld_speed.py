@@ -42,10 +42,12 @@ def step_seconds(model_name: str, batch_size: int, bf16: bool, steps: int = 6) -
     import torch
 
     from precompute.toyworld.generator import render_batch
-    from precompute.toyworld.train import AuxHeads, Tokens, TrainConfig, create_toy_model, train_step
+    from precompute.toyworld.losses import AuxHeads
+    from precompute.toyworld.models import create_toy_model
+    from precompute.toyworld.train import Tokens, TrainConfig, train_step
 
     cfg = TrainConfig(model=model_name, batch_size=batch_size, bf16=bf16)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = create_toy_model(model_name)
     aux = AuxHeads(model.text_projection.shape[1])

@@ -2,7 +2,9 @@
 
 - ``captions``: the vocabulary (attributes and values), captions and zero-shot prompts
 - ``generator``: rendering batches and writing probe sets (``attributes.parquet`` + class folders)
-- ``train``: training, exporting and evaluating the toy models (toy-s, toy-m, toy-l)
+- ``losses``: the training objective (multi-positive InfoNCE + auxiliary attribute classifiers)
+- ``models``: the toy CLIP models (toy-s, toy-m, toy-l): a fresh one, export, loading, zero-shot evaluation
+- ``train``: the resumable training loop and its record
 - ``cli``: the ``clip-interpret toyworld`` commands
 
 The public names below resolve on first use (PEP 562), so that importing the CLI
@@ -17,8 +19,9 @@ _PUBLIC = {
     "captions": ("ATTRIBUTES", "ATTRIBUTE_NAMES", "PROMPTS", "CaptionDropout", "NO_DROPOUT", "caption", "prompts",
                  "mentioned", "plural"),
     "generator": ("ATTRIBUTES_FILE", "IMAGE_SIZE", "Batch", "render_batch", "iter_batches", "write_probe_set"),
-    "train": ("TrainConfig", "EVAL_SEED", "EVAL_IMAGES", "model_name", "create_toy_model", "train_and_export",
-              "export", "load_exported", "evaluate", "zero_shot"),
+    "models": ("SIZES", "EVAL_SEED", "EVAL_IMAGES", "model_name", "create_toy_model", "export", "load_exported",
+               "evaluate", "zero_shot"),
+    "train": ("TrainConfig", "train_and_export"),
 }
 _HOME = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_HOME)

@@ -43,20 +43,24 @@ def train(
     aux_weight: Annotated[Optional[float], typer.Option(help="Weight of the auxiliary attribute loss; 0 gives plain CLIP training.")] = None,
     bf16: Annotated[Optional[bool], typer.Option(help="bf16 autocast on CPU (default: on; see benchmarks/toyworld_speed.py).")] = None,
     group: Annotated[Optional[int], typer.Option(help="Build batches from groups of this many images that differ in one attribute (hard negatives); 1 draws each image independently.")] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for training and the final evaluation.")] = 2,
     out: Annotated[Optional[Path], typer.Option(help="Where to export the trained model (default runs/_models/toy-<size>; the shipped ones are data/models/toy-<size>).")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Working folder for checkpoints (default runs/_train/toy-<size>; the dashboard does not search _ folders).")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in the working folder and start over.")] = False,
 ) -> None:
     """Train a toy CLIP model (resumes from the last checkpoint if the work folder has one), export and evaluate it."""
+    import torch
+
     from precompute import paths
-    from precompute.toyworld.train import TrainConfig, config_with, model_name, train_and_export
+    from precompute.toyworld.models import model_name
+    from precompute.toyworld.train import TrainConfig, config_with, train_and_export
 
     name = model_name(size)
     if minutes is None and steps is None:
         minutes = 15.0
     cfg = config_with(TrainConfig(model=name, minutes=minutes, steps=steps, seed=seed),
-                      batch_size=batch_size, lr=lr, aux_weight=aux_weight, bf16=bf16, threads=threads, group=group)
+                      batch_size=batch_size, lr=lr, aux_weight=aux_weight, bf16=bf16, group=group)
+    torch.set_num_threads(threads)
     out = out or paths.export_dir(name)
     work = work or paths.train_dir(name)
     record = train_and_export(cfg, out, work, fresh=fresh)
@@ -70,11 +74,15 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Number of fresh evaluation images.")] = 1000,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the evaluation images (default: the one training records use).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
 ) -> None:
     """Zero-shot accuracy per attribute of an exported toy model."""
-    from precompute.toyworld.train import EVAL_SEED
-    from precompute.toyworld.train import evaluate as run_evaluate
+    import torch
 
+    from precompute.toyworld.models import EVAL_SEED
+    from precompute.toyworld.models import evaluate as run_evaluate
+
+    torch.set_num_threads(threads)
     result = run_evaluate(model, n=n, seed=EVAL_SEED if seed is None else seed)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

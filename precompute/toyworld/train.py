@@ -1,12 +1,9 @@
-"""Train, export and evaluate the toy CLIP models (toy-s, toy-m, toy-l) on the toy world.
+"""Train the toy CLIP models (toy-s, toy-m, toy-l) on the toy world; export and evaluate them with ``models``.
 
-Recipe (see the toyworld prototype notes for why): symmetric InfoNCE on freshly
-rendered batches, with *multi-positive* targets (a caption matches every image
-of the batch that agrees with all the attributes it names, so short captions
-are not false negatives), plus an auxiliary linear cross-entropy per attribute
-on the unnormalised image embedding, which breaks the colour x background
-shortcut. The auxiliary heads are thrown away at export: the shipped model is a
-plain open_clip CLIP.
+Recipe: symmetric InfoNCE on freshly rendered batches, with *multi-positive*
+targets, plus an auxiliary linear cross-entropy per attribute (``losses.py``).
+The auxiliary heads are thrown away at export: the shipped model is a plain
+open_clip CLIP, loaded back through the registry like any other.
 
 Training is wall-clock limited and resumable: a checkpoint (model, optimizer,
 step, elapsed time, RNG states) is written atomically to the work folder every
@@ -33,17 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from precompute.errors import InputError, ModelError
-from precompute.paths import CONFIG_DIR, MODELS_DIR
-from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, PROMPTS, CaptionDropout, prompts
+from precompute.errors import InputError
+from precompute.toyworld.captions import CaptionDropout
 from precompute.toyworld.generator import render_batch
+from precompute.toyworld.losses import AuxHeads, contrastive_loss, match_matrix
+from precompute.toyworld.models import create_toy_model, evaluate, export, init_sincos_positions, model_name, to_tensor
 
-SIZES = {"s": "toy-s", "m": "toy-m", "l": "toy-l"}
 CHECKPOINT = "checkpoint.pt"
-EVAL_SEED = 271828  # never a training seed: training batches use the entropy (seed, step)
-EVAL_IMAGES = 1000
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI mean/std: what open_clip's preprocess applies
-STD = (0.26862954, 0.26130258, 0.27577711)
 # Fields that define a run: a checkpoint made with other values is not resumed.
 RECIPE_FIELDS = ("model", "seed", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "aux_weight", "dropout",
                  "pos_init", "bf16", "group")
@@ -67,7 +60,6 @@ class TrainConfig:
     pos_init: str = "sincos"  # initial vision positional embedding: "sincos" (2D sin-cos) or "random" (open_clip's)
     bf16: bool = True
     group: int = 1  # >1: batches of contrast groups that differ in one attribute (hard in-batch negatives)
-    threads: int = 2
     checkpoint_seconds: float = 120.0
 
     def __post_init__(self):
@@ -76,77 +68,11 @@ class TrainConfig:
             raise InputError("give a training budget: minutes, steps or both")
         checks = {"minutes": self.minutes is None or self.minutes > 0, "steps": self.steps is None or self.steps > 0,
                   "batch_size": self.batch_size >= 2, "lr": self.lr > 0, "aux_weight": self.aux_weight >= 0,
-                  "threads": self.threads >= 1, "group": 1 <= self.group <= self.batch_size, "pos_init": self.pos_init in ("sincos", "random")}
+                  "group": 1 <= self.group <= self.batch_size, "pos_init": self.pos_init in ("sincos", "random")}
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"bad training option {name}={getattr(self, name)!r}; minutes, steps, lr must be > 0, "
-                                 "batch_size >= 2, aux_weight >= 0, threads >= 1, 1 <= group <= batch_size, pos_init sincos|random")
-
-
-def model_name(size: str) -> str:
-    """'s'|'m'|'l' or 'toy-s'|... -> the open_clip config name."""
-    name = SIZES.get(size, size)
-    if name not in SIZES.values():
-        raise InputError(f"unknown toy model size {size!r}; valid: {', '.join(SIZES)} (or {', '.join(SIZES.values())})")
-    return name
-
-
-def create_toy_model(name: str) -> torch.nn.Module:
-    """A randomly initialised toy CLIP from precompute/model_configs/<name>.json."""
-    import open_clip
-
-    open_clip.add_model_config(CONFIG_DIR)
-    return open_clip.create_model(model_name(name))
-
-
-def init_sincos_positions(model: torch.nn.Module) -> None:
-    """Start the (still learnable) vision positional embedding at 2D sin-cos values, CLS row 0.
-
-    With open_clip's small random init a toy ViT needs ~300 steps before it uses
-    position at all; from sin-cos it reads position after ~100 (supervised probe, toy-s).
-    """
-    from open_clip.pos_embed import get_2d_sincos_pos_embed
-
-    pos = model.visual.positional_embedding  # [1 + g*g, d]
-    table = get_2d_sincos_pos_embed(pos.shape[1], model.visual.grid_size[0], cls_token=True)
-    with torch.no_grad():
-        pos.copy_(torch.from_numpy(table).float())
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [b, 64, 64, 3] -> normalised float [b, 3, 64, 64], equal to open_clip's preprocess on 64 px PIL images."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)  # [b, 3, 64, 64]
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-class AuxHeads(torch.nn.Module):
-    """One linear classifier per attribute on the unnormalised image embedding (training only)."""
-
-    def __init__(self, embed_dim: int):
-        super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(embed_dim, len(ATTRIBUTES[a])) for a in ATTRIBUTE_NAMES)
-
-    def forward(self, emb: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Mean over attributes of the cross-entropy; emb [b, d], codes [b, a]."""
-        losses = [F.cross_entropy(head(emb).float(), codes[:, i]) for i, head in enumerate(self.heads)]
-        return torch.stack(losses).mean()
-
-
-def match_matrix(codes: np.ndarray, named: np.ndarray) -> torch.Tensor:
-    """[i, j] True where image i agrees with every attribute caption j names."""
-    eq = codes[:, None, :] == codes[None, :, :]  # [i, j, a]
-    return torch.from_numpy((eq | ~named[None, :, :]).all(-1))
-
-
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with soft targets spread over every matching pair; img/txt normalised [b, d]."""
-    logits = scale * img.float() @ txt.float().T  # [i, j]
-    target = match.float()
-    i2t = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
-    t2i = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
-    return (i2t + t2i) / 2
+                                 "batch_size >= 2, aux_weight >= 0, 1 <= group <= batch_size, pos_init sincos|random")
 
 
 class Tokens:
@@ -247,10 +173,12 @@ class TrainState:
 
 
 def train(cfg: TrainConfig, work: Path, fresh: bool = False, progress: bool = True) -> tuple[torch.nn.Module, TrainState]:
-    """Train (or resume) a toy model in ``work``; return the model and the final state."""
+    """Train (or resume) a toy model in ``work``; return the model and the final state.
+
+    Runs on torch's current CPU threads: the caller (the CLI's ``--threads``) sets them.
+    """
     from tqdm import tqdm
 
-    torch.set_num_threads(cfg.threads)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = create_toy_model(cfg.model)
@@ -327,70 +255,6 @@ def train(cfg: TrainConfig, work: Path, fresh: bool = False, progress: bool = Tr
     return model, state
 
 
-def export(model: torch.nn.Module, name: str, out: Path) -> Path:
-    """Write open_clip_config.json + open_clip_model.safetensors (fp16) loadable by ``local-dir:out``."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    model_cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
-    preprocess = {"size": model_cfg["vision_cfg"]["image_size"], "mode": "RGB", "mean": list(MEAN), "std": list(STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / "open_clip_model.safetensors"))
-    os.chmod(out / "open_clip_model.safetensors", 0o644)  # safetensors writes 0600; these are shipped files
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
-    return out
-
-
-def load_exported(model_dir: Path | str):
-    """(model, preprocess, tokenizer) through plain open_clip, exactly as a user would load it.
-
-    ``model_dir`` is an exported folder, or a shipped toy model's name (``toy-m`` or ``m``).
-    """
-    import open_clip
-
-    model_dir = Path(model_dir)
-    if not model_dir.exists() and str(model_dir) in (*SIZES, *SIZES.values()):
-        model_dir = MODELS_DIR / model_name(str(model_dir))  # a shipped toy model by name
-    if not (model_dir / "open_clip_config.json").is_file():
-        raise ModelError(f"{model_dir} holds no open_clip_config.json; shipped toy models: "
-                         f"{', '.join(p.name for p in MODELS_DIR.glob('toy-*'))}")
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
-    return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{model_dir}")
-
-
-@torch.no_grad()
-def zero_shot(model, preprocess, tokenizer, n: int = EVAL_IMAGES, seed: int = EVAL_SEED) -> dict:
-    """Per-attribute zero-shot accuracy on n fresh images; prompts vary one attribute, embeddings averaged over templates."""
-    from PIL import Image
-
-    torch.set_num_threads(2)
-    batch = render_batch(n, seed)
-    feats = []
-    for i in range(0, n, 100):
-        x = torch.stack([preprocess(Image.fromarray(im)) for im in batch.images[i : i + 100]])
-        feats.append(F.normalize(model.encode_image(x).float(), dim=-1))
-    img = torch.cat(feats)  # [n, d]
-    accuracy, per_template = {}, {}
-    for a_idx, attribute in enumerate(ATTRIBUTE_NAMES):
-        texts = prompts(attribute)  # [v][t]
-        emb = F.normalize(model.encode_text(tokenizer([t for v in texts for t in v])).float(), dim=-1)
-        emb = emb.view(len(texts), len(texts[0]), -1)  # [v, t, d]
-        truth = torch.from_numpy(batch.codes[:, a_idx])
-        classes = F.normalize(emb.mean(1), dim=-1)  # [v, d]
-        accuracy[attribute] = round(((img @ classes.T).argmax(1) == truth).float().mean().item(), 4)
-        per_template[attribute] = [round(((img @ emb[:, t].T).argmax(1) == truth).float().mean().item(), 4)
-                                   for t in range(emb.shape[1])]
-    return {"accuracy": accuracy, "per_template": per_template, "images": n, "seed": seed,
-            "templates": {a: list(PROMPTS[a]) for a in ATTRIBUTE_NAMES},
-            "chance": {a: round(1 / len(ATTRIBUTES[a]), 4) for a in ATTRIBUTE_NAMES}}
-
-
-def evaluate(model_dir: Path, n: int = EVAL_IMAGES, seed: int = EVAL_SEED) -> dict:
-    """Zero-shot accuracy of an exported model folder."""
-    return zero_shot(*load_exported(model_dir), n=n, seed=seed)
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
@@ -414,6 +278,7 @@ def training_record(cfg: TrainConfig, state: TrainState, model: torch.nn.Module,
         "final_loss": round(float(np.mean(tail)), 4) if tail else None,
         "loss_history": state.losses,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
         "zero_shot": evaluation,
         "recipe": {"aux_weight": cfg.aux_weight, "aux_loss": "mean over attributes of linear CE on the unnormalised image embedding",
                    "contrastive": "symmetric InfoNCE, multi-positive targets from the attributes each caption names",

@@ -17,22 +17,19 @@ from precompute.errors import InputError, ModelError  # noqa: E402
 from precompute.paths import CONFIG_DIR, MODELS_DIR  # noqa: E402
 from precompute.toyworld.captions import ATTRIBUTE_NAMES, NO_DROPOUT, CaptionDropout  # noqa: E402
 from precompute.toyworld.generator import render_batch  # noqa: E402
-from precompute.toyworld.train import (  # noqa: E402
+from precompute.toyworld.losses import contrastive_loss, match_matrix  # noqa: E402
+from precompute.toyworld.models import (  # noqa: E402
     EVAL_IMAGES,
-    TrainConfig,
-    contrastive_loss,
     create_toy_model,
     evaluate,
     export,
-    learning_rate,
     load_exported,
-    match_matrix,
     model_name,
     to_tensor,
-    train,
 )
+from precompute.toyworld.train import TrainConfig, learning_rate, train  # noqa: E402
 
-TINY = TrainConfig(model="toy-s", minutes=None, steps=4, batch_size=8, bf16=False, warmup=2, threads=1,
+TINY = TrainConfig(model="toy-s", minutes=None, steps=4, batch_size=8, bf16=False, warmup=2,
                    dropout=CaptionDropout(single=0.2))
 
 
@@ -166,19 +163,26 @@ def test_resume_refuses_a_checkpoint_with_another_recipe(tmp_path):
     assert state.step == 1
 
 
-def test_export_loads_with_plain_open_clip_local_dir(tmp_path):
+def test_export_loads_with_plain_open_clip_local_dir_and_the_registry(tmp_path):
+    import open_clip
+
     torch.manual_seed(0)
     model = create_toy_model("toy-s").eval()
     export(model, "toy-s", tmp_path)
-    loaded, preprocess, tokenizer = load_exported(tmp_path)
     assert (tmp_path / "open_clip_model.safetensors").stat().st_size < 20e6
+    plain, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path}")
+    loaded = load_exported(tmp_path)
     images = to_tensor(render_batch(2, 0).images)
     text = tokenizer(["a red star"])
     with torch.no_grad():
-        assert torch.allclose(model.encode_image(images), loaded.encode_image(images), atol=2e-2)
-        assert torch.allclose(model.encode_text(text), loaded.encode_text(text), atol=2e-2)
+        for other in (plain.eval(), loaded.model):
+            assert torch.allclose(model.encode_image(images), other.encode_image(images), atol=2e-2)
+            assert torch.allclose(model.encode_text(text), other.encode_text(text), atol=2e-2)
+    assert loaded.weights_sha256 is not None and loaded.info.grid == 8
     cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
     assert cfg["preprocess_cfg"]["size"] == 64 and cfg["model_cfg"]["vision_cfg"]["patch_size"] == 8
+    assert tuple(cfg["preprocess_cfg"]["mean"]) == open_clip.constants.OPENAI_DATASET_MEAN
 
 
 def test_load_exported_names_the_missing_config(tmp_path):
@@ -187,8 +191,11 @@ def test_load_exported_names_the_missing_config(tmp_path):
 
 
 def test_shipped_model_loads_by_name():
-    model, _, _ = load_exported("s")
-    assert model.visual.grid_size == (8, 8)
+    loaded = load_exported("s")
+    assert loaded.model.visual.grid_size == (8, 8)
+    from precompute.registry import file_sha256
+
+    assert loaded.weights_sha256 == file_sha256(MODELS_DIR / "toy-s" / "open_clip_model.safetensors")
 
 
 @pytest.mark.slow
