@@ -16,10 +16,11 @@ TOL = 1e-4
 
 
 def perturb_(model) -> None:
-    """Give a random model non-trivial LayerNorm gains/biases and attention biases, so every term matters."""
+    """Give a random model non-trivial LayerNorm gains/biases, attention biases and head scales (all initialised to
+    constants), so every term matters."""
     with torch.no_grad():
         for name, p in model.visual.named_parameters():
-            if p.ndim == 1:  # LN gamma/beta, biases, layer scale, class embedding
+            if p.ndim == 1 or name.endswith("head_scale"):  # LN gamma/beta, biases, layer scale, class embedding
                 p.add_(torch.randn_like(p) * 0.2)
 
 
