@@ -202,8 +202,9 @@ class Decomposer:
         dtype = self.visual.conv1.weight.dtype  # the model's compute dtype (fp32, fp16 or bf16)
         images = images.to(device=weight.device, dtype=dtype, non_blocking=True)
         with hooked(self._hooks(cache)):
-            e = self.model.encode_image(images).float()  # [b, D]: the readout and every sum below run in fp32
-        return e, cache
+            e = self.model.encode_image(images)  # [b, D]
+        e = e[0] if isinstance(e, tuple) else e  # (pooled, tokens) when the vision config sets output_tokens
+        return e.float(), cache  # the readout and every sum run in fp32
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Decomposition:

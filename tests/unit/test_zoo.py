@@ -34,13 +34,33 @@ def shrunk_config(arch: str) -> dict:
     return cfg | {"embed_dim": tiny["embed_dim"], "vision_cfg": vision, "text_cfg": tiny["text_cfg"]}
 
 
-def _shrunk(arch: str, folder: Path):
-    """The shrunk ``arch`` loaded the way a run loads a model (an open_clip ``local-dir:`` folder, no weights)."""
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": shrunk_config(arch)}))
+def _build(arch: str, cfg: dict, folder: Path):
+    """``cfg`` loaded the way a run loads a model (an open_clip ``local-dir:`` folder, no weights), perturbed."""
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     torch.manual_seed(0)
     loaded = load_model(ModelSpec(arch, WeightsSource("local-dir", str(folder))))
     perturb_(loaded.model)
     return loaded
+
+
+def _assert_exact(loaded, folder: Path) -> None:
+    """The terms sum to a stock open_clip twin's normalised embedding, and the per-head split is exact."""
+    visual = loaded.model.visual
+    images = torch.randn(2, 3, *visual.image_size)
+    dec = Decomposer(loaded.model, range(loaded.info.layers), spatial=True)(images)
+
+    twin = open_clip.create_model(f"local-dir:{folder}")  # the same weights in a model no hook has touched
+    twin.load_state_dict(loaded.model.state_dict(), strict=True)
+    with torch.no_grad():
+        e = twin.eval().encode_image(images)
+    e = e[0] if isinstance(e, tuple) else e  # output_tokens: (pooled, tokens)
+    target = e / e.norm(dim=-1, keepdim=True)
+    assert (dec.total() - target).abs().max() < TOL
+    assert (dec.embedding - target).abs().max() < TOL
+    # the per-head split: heads + b_O give each block's attention output, tokens give the heads
+    assert (dec.heads.sum(2) + dec.attn_bias - dec.attn).abs().max() < 1e-5
+    assert (dec.tokens.sum(3) - dec.heads).abs().max() < 1e-5
+    assert dec.heads.abs().max() > 1e-3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,21 +90,24 @@ def test_shrinking_keeps_the_vision_tower_and_its_verdict(arch):
 
 @pytest.mark.parametrize("arch", DECOMPOSABLE)
 def test_every_decomposable_architecture_sums_to_its_stock_embedding(arch, tmp_path):
-    loaded = _shrunk(arch, tmp_path)
+    loaded = _build(arch, shrunk_config(arch), tmp_path)
     info = loaded.info
     assert (info.layers, info.width, info.heads, info.grid) == (2, 64, 4, GRID)
     assert info.quick_gelu == bool(model_config(arch, WeightsSource("none")).get("quick_gelu"))
-    images = torch.randn(2, 3, info.image_size, info.image_size)
-    dec = Decomposer(loaded.model, range(info.layers), spatial=True)(images)
+    _assert_exact(loaded, tmp_path)
 
-    twin = open_clip.create_model(f"local-dir:{tmp_path}")  # the same weights in a model no hook has touched
-    twin.load_state_dict(loaded.model.state_dict(), strict=True)
-    with torch.no_grad():
-        e = twin.eval().encode_image(images)
-    target = e / e.norm(dim=-1, keepdim=True)
-    assert (dec.total() - target).abs().max() < TOL
-    assert (dec.embedding - target).abs().max() < TOL
-    # the per-head split: heads + b_O give each block's attention output, tokens give the heads
-    assert (dec.heads.sum(2) + dec.attn_bias - dec.attn).abs().max() < 1e-5
-    assert (dec.tokens.sum(3) - dec.heads).abs().max() < 1e-5
-    assert dec.heads.abs().max() > 1e-3
+
+# Vision options no shipped config sets but a local-dir config may, all of which decomposability() accepts.
+ACCEPTED_OPTIONS = [
+    dict(no_ln_pre=True), dict(final_ln_after_pool=True), dict(pos_embed_type="sin_cos_2d"), dict(scale_fc=True),
+    dict(block_type="custom"), dict(output_tokens=True), dict(act_kwargs={"approximate": "tanh"}),
+    dict(norm_kwargs={"eps": 1e-6}), dict(image_size=[32, 48]), dict(ls_init_value=0.1, scale_heads=True),
+]
+
+
+@pytest.mark.parametrize("options", ACCEPTED_OPTIONS, ids=lambda o: ",".join(o))
+def test_every_vision_option_decomposability_accepts_sums_exactly(options, tmp_path):
+    cfg = shrunk_config("ViT-B-16")
+    cfg["vision_cfg"] |= options
+    assert decomposability(cfg) is None
+    _assert_exact(_build("ViT-B-16", cfg, tmp_path), tmp_path)
