@@ -1,6 +1,6 @@
 """Exact decomposition of a CLIP ViT image embedding into per-layer, per-head, per-token terms.
 
-The convention (DESIGN.md section 3). open_clip ViT, class-token pooling:
+The convention (docs/design.md section 3). open_clip ViT, class-token pooling:
 x0 = ln_pre(patch + class/pos embeddings); block l adds ls_1 * attn(ln_1(x)) then
 ls_2 * mlp(ln_2(x)); e = ln_post(z) @ proj with z the final residual at the class
 token. z is the sum of
