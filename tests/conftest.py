@@ -6,6 +6,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads: spinning OpenMP waits make 2 threads ~10x slower when the other core is busy (as the CLI does)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
