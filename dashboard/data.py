@@ -6,7 +6,8 @@ creates the views of ``dashboard.views`` in an in-memory DuckDB:
 
 - ``runs`` (one row per run) and ``run_problems`` (runs skipped, tables unreadable);
 - one union view per table of ``precompute/schema.py`` (images, image_embeddings,
-  head_vectors, texts, head_texts, head_labels, head_scores, model_scores) with a
+  head_vectors, texts, head_texts, head_spans, head_summary, head_labels, head_scores,
+  model_scores) with a
   leading ``run`` column, present with zero rows when no run has the table;
 - one schema per run, ``"<run>".head_vectors`` etc., with that run's views only.
 
@@ -36,7 +37,7 @@ import pyarrow as pa
 from dashboard.rundirs import discover_runs
 from dashboard.user_sql import run_user_sql  # noqa: F401  (the documented entry point: dashboard.data.run_user_sql)
 from dashboard.views import VIEW_SCHEMAS, create_views
-from precompute import derived, schema
+from precompute import derived, schema, store
 from precompute.errors import InputError
 
 RUNS_SQL = "SELECT * FROM runs"
@@ -154,22 +155,10 @@ def _stages(con: duckdb.DuckDBPyConnection, run: str) -> str:
     return ", ".join(run_info(con, run)["stages"]) or "none"
 
 
-def to_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
-    """A list or fixed-size-list column of n float vectors -> float32 [n, d], copying at most once."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    n = len(column)
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # [n * d]
-    d = dim if dim is not None else (len(values) // n if n else 0)
-    if len(values) != n * d:
-        raise ValueError(f"{n} vectors do not share one width d={d}: {len(values)} values in all")
-    return values.reshape(n, d)  # [n, d]
-
-
 def _ids_and_vectors(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(image_id int64 [n], column as float32 [n, d]), sorted by image id (parts may come in any order)."""
     ids = table.column("image_id").to_numpy().astype(np.int64, copy=False)
-    vectors = to_matrix(table.column(column))  # [n, d]
+    vectors = store.arrow_to_vectors(table.column(column))  # [n, d]
     if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
         order = np.argsort(ids, kind="stable")
         ids, vectors = ids[order], vectors[order]
@@ -206,23 +195,23 @@ def thumbnails(con: duckdb.DuckDBPyConnection, run: str, image_ids) -> list[byte
 
 
 def head_summaries(con: duckdb.DuckDBPyConnection, run: str) -> dict[tuple[int, int], dict]:
-    """(layer, head) -> {"n", "principal" [D]} from the run's ``head_summary.parquet`` (``precompute.derived``).
+    """(layer, head) -> {"n", "principal" [D]} from the run's HEAD_SUMMARY file (``precompute.derived``).
 
     {} when the run has no such file, it cannot be read, or it was computed from an earlier decomposition:
     the caller then computes the direction from the vectors.
     """
     info = run_info(con, run)
-    path = os.path.join(info["path"], derived.HEAD_SUMMARY_FILE)
+    path = os.path.join(info["path"], schema.HEAD_SUMMARY_FILE)
     if not os.path.isfile(path):
         return {}
     try:
-        tag = _fetch(con, HEAD_SUMMARY_KEY_SQL, [path, derived.KEY_METADATA]).column("value").to_pylist()
+        tag = _fetch(con, HEAD_SUMMARY_KEY_SQL, [path, schema.HEAD_SUMMARY_KEY]).column("value").to_pylist()
         if [t.decode() for t in tag] != [derived.decompose_key(json.loads(info["manifest"]))]:
             return {}
         table = _fetch(con, HEAD_SUMMARY_SQL, [path])
     except duckdb.Error:
         return {}
-    principal = to_matrix(table.column("principal"))  # [heads, D]
+    principal = store.arrow_to_vectors(table.column("principal"))  # [heads, D]
     return {(int(l), int(h)): {"n": int(n), "principal": principal[i]}
             for i, (l, h, n) in enumerate(zip(*(table.column(c).to_pylist() for c in ("layer", "head", "n"))))}
 
@@ -233,7 +222,7 @@ def image_meta(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
 
 
 def texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
-    """The run's text pool: text_id, text, property, embedding (list<float>; ``to_matrix`` makes [m, d])."""
+    """The run's text pool: text_id, text, property, embedding (list<float>; ``store.arrow_to_vectors``: [m, d])."""
     return _run_table(con, run, "texts", TEXTS_SQL)
 
 

@@ -10,7 +10,8 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 
-STAGES = ("decompose", "textspan", "label", "score")
+from precompute.schema import STAGES
+
 WHAT = {
     "decompose": "head vectors",
     "textspan": "TEXTSPAN texts",

@@ -12,20 +12,23 @@ and becomes a problem line; nothing here raises for a bad run.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from precompute import schema
-from precompute.errors import InputError
+from precompute import schema, store
+from precompute.errors import InputError, RunDirError
 
 MAX_DEPTH = 3
-VECTOR_COLUMNS = {"image_embeddings": "embedding", "head_vectors": "vector", "texts": "embedding"}
+# view name -> its first vector column, for the tables that have one (the run's width d is read from it)
+VECTOR_COLUMNS = {
+    name.removesuffix(".parquet"): next(f.name for f in table if f.type == schema.VECTOR)
+    for name, table in {**schema.TABLES, schema.HEAD_VECTORS_DIR: schema.HEAD_VECTORS}.items()
+    if any(f.type == schema.VECTOR for f in table)
+}
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,11 @@ def _run_name(root: str, folder: str) -> str:
 
 def _load_run(root: str, folder: str) -> tuple[Run | None, list[tuple[str, str]]]:
     manifest_path = os.path.join(folder, schema.MANIFEST)
-    manifest, problem = _read_manifest(manifest_path)
-    if manifest is None:
-        return None, [(manifest_path, f"{problem}; run skipped")]
     try:
+        manifest = store.parse_manifest(manifest_path)
         st = os.stat(manifest_path)
+    except RunDirError as e:
+        return None, [(manifest_path, f"{e}; run skipped")]
     except OSError as e:  # removed since it was read
         return None, [(manifest_path, f"cannot read the manifest ({e}); run skipped")]
     tables = _table_files(folder)
@@ -107,51 +110,16 @@ def _load_run(root: str, folder: str) -> tuple[Run | None, list[tuple[str, str]]
     return run, problems
 
 
-def _read_manifest(path: str) -> tuple[dict | None, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
-        return None, f"cannot read the manifest ({e})"
-    except json.JSONDecodeError as e:
-        return None, f"the manifest is not valid JSON ({e})"
-    if not isinstance(manifest, dict):
-        return None, f"the manifest is a JSON {type(manifest).__name__}, not an object"
-    version = manifest.get("schema_version", schema.SCHEMA_VERSION)
-    if version != schema.SCHEMA_VERSION:
-        return None, f"schema version {version!r}; this dashboard reads version {schema.SCHEMA_VERSION}"
-    return manifest, ""
-
-
 def _table_files(folder: str) -> dict[str, tuple[str, ...]]:
     tables = {}
     for file_name in schema.TABLES:
         path = os.path.join(folder, file_name)
         if os.path.isfile(path):
             tables[file_name.removesuffix(".parquet")] = (path,)
-    heads = _head_vector_files(os.path.join(folder, schema.HEAD_VECTORS_DIR))
+    heads = tuple(str(p) for p in store.all_head_files(folder))
     if heads:
         tables[schema.HEAD_VECTORS_DIR] = heads
     return tables
-
-
-def _ls(folder: str, pattern: str) -> list[str]:
-    """Names in ``folder`` that fully match ``pattern``, sorted; [] if the folder is missing."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(n for n in names if re.fullmatch(pattern, n))
-
-
-def _head_vector_files(folder: str) -> tuple[str, ...]:
-    """head_vectors/layer=L/head=H/*.parquet, skipping hidden, ``.tmp`` and in-progress folders."""
-    files = []
-    for layer in _ls(folder, r"layer=\d+"):
-        for head in _ls(os.path.join(folder, layer), r"head=\d+"):
-            head_dir = os.path.join(folder, layer, head)
-            files += [os.path.join(head_dir, n) for n in _ls(head_dir, r"[^._][^/]*\.parquet")]
-    return tuple(files)
 
 
 def get(manifest: Mapping, *keys: str, kind: type = object):
@@ -186,18 +154,3 @@ def _run_dim(manifest_path: str, manifest: Mapping, tables: Mapping) -> tuple[in
         return found, [(manifest_path, f"manifest says embed_dim {declared} but the vectors have {found}; "
                                        f"using {found}")]
     return found or declared, []
-
-
-def stages_done(manifest: Mapping) -> list[str]:
-    """Stage names in the manifest, except entries marked ``"done": false`` or a status other than done."""
-    stages = manifest.get("stages")
-    if not isinstance(stages, Mapping):
-        return []
-    done = []
-    for name, info in stages.items():
-        info = info if isinstance(info, Mapping) else {}
-        if info.get("done", True) is not False and info.get("status", "done") in ("done", "complete", "completed"):
-            done.append(str(name))
-    return done
-
-

@@ -31,7 +31,7 @@ from PIL import Image
 
 from dashboard import data, live, memcache
 from dashboard.rundirs import Discovery, discover_runs
-from precompute import registry
+from precompute import registry, store
 from precompute.decompose import Decomposer
 from precompute.errors import InterpretError
 from precompute.textenc import encode_texts
@@ -221,7 +221,7 @@ def principal_direction(cat: Catalog, run: str, layer: int, head: int) -> np.nda
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _text_table(_cat: Catalog, run_key: str, run: str):
     table = data.texts(_cat.con, run)
-    return table.drop_columns(["embedding"]).to_pandas(), data.to_matrix(table.column("embedding"))  # [m, D]
+    return table.drop_columns(["embedding"]).to_pandas(), store.arrow_to_vectors(table.column("embedding"))  # [m, D]
 
 
 def text_table(cat: Catalog, run: str):

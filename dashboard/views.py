@@ -6,8 +6,8 @@ Main schema
     runs           one row per run: run, run_id, architecture, pretrained, embed_dim,
                    layers INTEGER[], heads, image_count, stages VARCHAR[], path, manifest
     run_problems   path, problem: runs skipped and tables that could not be read
-    images, image_embeddings, head_vectors, texts, head_texts, head_labels,
-    head_scores, model_scores
+    images, image_embeddings, head_vectors, texts, head_texts, head_spans,
+    head_summary, head_labels, head_scores, model_scores
                    one UNION ALL over every run that has the table: a leading ``run``
                    VARCHAR, then the columns of ``precompute/schema.py`` (in model_scores
                    the run name replaces the ``run`` column the file carries).
@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import duckdb
 import pyarrow as pa
 
-from dashboard.rundirs import VECTOR_COLUMNS, Discovery, Run, get, stages_done
-from precompute import schema
+from dashboard.rundirs import VECTOR_COLUMNS, Discovery, Run, get
+from precompute import schema, store
 
 # View name -> Arrow schema, in the order views are created and listed.
 VIEW_SCHEMAS: dict[str, pa.Schema] = {
@@ -170,13 +169,10 @@ def create_views(con: duckdb.DuckDBPyConnection, found: Discovery) -> None:
         con.executemany(INSERT_FILE_SQL, files)
 
 
-_PARTITION = re.compile(r"layer=(\d+)/head=(\d+)/[^/]*$")
-
-
 def file_row(run: Run, view: str, path: str) -> tuple:
     """(run, table, layer, head, path); layer and head from the hive folders of head vector files."""
-    match = _PARTITION.search(path.replace(os.sep, "/")) if view == schema.HEAD_VECTORS_DIR else None
-    layer, head = (int(match[1]), int(match[2])) if match else (None, None)
+    where = store.head_partition(path) if view == schema.HEAD_VECTORS_DIR else None
+    layer, head = where or (None, None)
     return run.name, view, layer, head, path
 
 
@@ -215,6 +211,6 @@ def run_row(run: Run) -> tuple:
         run.name, get(m, "run_id", kind=str), get(m, "model", "architecture", kind=str),
         get(m, "model", "pretrained", kind=str), run.dim,
         [v for v in layers if isinstance(v, int)] if layers is not None else None,
-        get(m, "heads", kind=int), get(m, "images", "count", kind=int), stages_done(m), run.path,
+        get(m, "heads", kind=int), get(m, "images", "count", kind=int), store.stages_done(m), run.path,
         json.dumps(m, default=str),
     )

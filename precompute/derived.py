@@ -13,8 +13,8 @@ The stored direction has no chosen sign: the sign that makes the projections' th
 moment positive needs a pass over the vectors, which the dashboard makes when it has
 the head loaded (``dashboard.live.orient``).
 
-The schema is declared here rather than in ``schema.py`` until the table is wired into
-a stage there; the dashboard reads the file when it exists and falls back to computing.
+The table's name and schema live in ``schema.py`` (HEAD_SUMMARY) with every other table;
+the dashboard reads the file when it exists and falls back to computing.
 """
 
 from __future__ import annotations
@@ -28,20 +28,6 @@ import pyarrow as pa
 from precompute import schema, store
 from precompute.textspan import GramStats
 
-HEAD_SUMMARY_FILE = "head_summary.parquet"
-KEY_METADATA = "decompose_key"  # schema metadata: the decompose stage key the statistics were computed from
-HEAD_SUMMARY = pa.schema(
-    [
-        pa.field("layer", pa.int32(), nullable=False),
-        pa.field("head", pa.int32(), nullable=False),
-        pa.field("n", pa.int64(), nullable=False),  # images the statistics cover
-        pa.field("mean", schema.VECTOR, nullable=False),  # mean r[l,h] over the images, [D]
-        pa.field("principal", schema.VECTOR, nullable=False),  # unit top eigenvector of the covariance, [D]
-        pa.field("principal_variance", pa.float64(), nullable=False),  # its eigenvalue (variance along it)
-        pa.field("total_variance", pa.float64(), nullable=False),  # trace of the covariance
-    ]
-)
-
 
 def summary_row(layer: int, head: int, stats: GramStats) -> dict:
     """One row of HEAD_SUMMARY from a head's Gram statistics: covariance = centred Gram / n, then eigh."""
@@ -54,11 +40,11 @@ def summary_row(layer: int, head: int, stats: GramStats) -> dict:
 
 def summary_table(rows: Iterable[dict]) -> pa.Table:
     rows = sorted(rows, key=lambda r: (r["layer"], r["head"]))
-    columns = {f.name: [r[f.name] for r in rows] for f in HEAD_SUMMARY}
+    columns = {f.name: [r[f.name] for r in rows] for f in schema.HEAD_SUMMARY}
     for name in ("mean", "principal"):
         columns[name] = store.vectors_to_arrow(np.stack(columns[name]).astype(np.float32)) if rows \
             else pa.array([], schema.VECTOR)  # [heads, D]
-    return pa.table(columns, schema=HEAD_SUMMARY)
+    return pa.table(columns, schema=schema.HEAD_SUMMARY)
 
 
 def decompose_key(manifest: dict) -> str:
@@ -71,9 +57,9 @@ def write_head_summary(run_dir: Path, rows: Iterable[dict], manifest: dict) -> P
     A reader compares the tag (schema metadata ``decompose_key``) with the manifest's, so a summary
     left over from an earlier decomposition is never taken for the current one.
     """
-    path = Path(run_dir) / HEAD_SUMMARY_FILE
+    path = Path(run_dir) / schema.HEAD_SUMMARY_FILE
     table = summary_table(rows)
-    store.write_table_atomic(path, table.replace_schema_metadata({KEY_METADATA: decompose_key(manifest)}))
+    store.write_table_atomic(path, table.replace_schema_metadata({schema.HEAD_SUMMARY_KEY: decompose_key(manifest)}))
     return path
 
 

@@ -66,10 +66,10 @@ def toy_models() -> list[str]:
 
 def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Path:
     """The toy-world probe set of the embedded default, generated on first use."""
-    from precompute.toyworld.generator import ATTRIBUTES_FILE, write_probe_set
+    from precompute.toyworld.generator import write_probe_set
 
     path = path or paths.probe_dir()
-    if not (path / ATTRIBUTES_FILE).is_file():
+    if not (path / schema.ATTRIBUTES_FILE).is_file():
         write_probe_set(path, DEFAULT_PROBE_N, DEFAULT_PROBE_SEED, progress=progress)
     return path
 

@@ -13,10 +13,15 @@ A run directory (one model, one probe set) holds::
     texts.parquet                 TEXTS        (textspan stage)
     head_texts.parquet            HEAD_TEXTS   (textspan stage)
     head_spans.parquet            HEAD_SPANS   (textspan stage)
+    head_summary.parquet          HEAD_SUMMARY (textspan stage; tagged with the decompose key)
     head_labels.parquet           HEAD_LABELS  (label stage)
     head_scores.parquet           HEAD_SCORES  (score stage)
     model_scores.parquet          MODEL_SCORES (score stage)
     label_overrides.csv           manual labels written from the dashboard (optional)
+    _work/                        only while a stage is unfinished (store.py)
+
+A probe folder may carry ATTRIBUTES_FILE: one row per image ('path' plus categorical
+attribute columns); the toy world writes it, the score stage reads it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ HEAD_SPANS_FILE = "head_spans.parquet"
 HEAD_LABELS_FILE = "head_labels.parquet"
 HEAD_SCORES_FILE = "head_scores.parquet"
 MODEL_SCORES_FILE = "model_scores.parquet"
+HEAD_SUMMARY_FILE = "head_summary.parquet"
+HEAD_SUMMARY_KEY = "decompose_key"  # HEAD_SUMMARY schema metadata: the decompose stage key it was computed from
 LABEL_OVERRIDES_FILE = "label_overrides.csv"  # layer,head,property[,author,note]: a team's corrections, honoured by `label`
+ATTRIBUTES_FILE = "attributes.parquet"  # in a probe folder, not a run folder: ground-truth attributes per image
+
+STAGES = ("decompose", "textspan", "label", "score")  # the order they run in; each depends on the one before
 
 VECTOR = pa.list_(pa.float32())
 
@@ -139,6 +149,20 @@ HEAD_SCORES = pa.schema(
     ]
 )
 
+# One row per analysed head: the mean of r[l,h] and the first principal direction of the centred vectors
+# (precompute/derived.py), so that the dashboard need not compute them per server.
+HEAD_SUMMARY = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),  # images the statistics cover
+        pa.field("mean", VECTOR, nullable=False),  # mean r[l,h] over the images, [D]
+        pa.field("principal", VECTOR, nullable=False),  # unit top eigenvector of the covariance, [D]
+        pa.field("principal_variance", pa.float64(), nullable=False),  # its eigenvalue (variance along it)
+        pa.field("total_variance", pa.float64(), nullable=False),  # trace of the covariance
+    ]
+)
+
 MODEL_SCORES = pa.schema(
     [
         pa.field("run", pa.string(), nullable=False),
@@ -165,6 +189,7 @@ TABLES = {
     TEXTS_FILE: TEXTS,
     HEAD_TEXTS_FILE: HEAD_TEXTS,
     HEAD_SPANS_FILE: HEAD_SPANS,
+    HEAD_SUMMARY_FILE: HEAD_SUMMARY,
     HEAD_LABELS_FILE: HEAD_LABELS,
     HEAD_SCORES_FILE: HEAD_SCORES,
     MODEL_SCORES_FILE: MODEL_SCORES,

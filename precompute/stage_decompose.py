@@ -7,7 +7,6 @@ finished chunks and redoes the rest. See store.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -117,10 +116,6 @@ def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | Non
     return manifest
 
 
-def _plan_key(plan: dict) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSummary:
     run_dir = Path(opts.out)
     layers = list(parse_layers(opts.layers, loaded.info.layers))
@@ -137,7 +132,7 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
         "model": _identity(model),
         "paths": [e.path for e in found.entries], "labels": [e.label for e in found.entries],
     }
-    key = _plan_key({k: v for k, v in plan.items() if k != "chunk_size"})
+    key = store.plan_key({k: v for k, v in plan.items() if k != "chunk_size"})
     stage = (manifest or {}).get("stages", {}).get(STAGE, {})
     if stage.get("done") and stage.get("key") == key:
         return DecomposeSummary(run_dir, manifest["images"]["count"], manifest["images"]["skipped"],
@@ -172,11 +167,8 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
 
     manifest["images"].update(count=count, skipped=skipped, ignored=[list(x) for x in found.ignored[:100]],
                               ignored_count=len(found.ignored))
-    timings = manifest.setdefault("timings", {})
-    timings[STAGE] = {"seconds": round(seconds, 2), "images": computed,
-                      "images_per_second": round(computed / seconds, 2) if seconds else None}
-    manifest["stages"][STAGE] = {"done": True, "key": key, "finished": store.now()}
-    store.write_manifest(run_dir, manifest)
+    store.finish_stage(run_dir, manifest, STAGE, key, seconds, timing={
+        "images": computed, "images_per_second": round(computed / seconds, 2) if seconds else None})
     chunks.clear()
     return DecomposeSummary(run_dir, count, skipped, len(found.ignored), seconds, computed)
 

@@ -30,7 +30,6 @@ from precompute.stage_textspan import read_picks, read_spans
 from precompute.textspan import reconstruct
 
 STAGE = "score"
-ATTRIBUTES_FILE = "attributes.parquet"
 NOT_ATTRIBUTES = {"path", "caption", "image_id", "label"}
 MAX_ATTRIBUTE_VALUES = 64  # a column with more distinct values is not a categorical attribute
 ROW_BLOCK = 8192  # images per reconstruction block: bounds the float64 temporaries at ~50 MB for D = 768
@@ -49,7 +48,7 @@ class ScoreOptions:
 def attributes_path(manifest: dict, opts: ScoreOptions) -> Path | None:
     if opts.attributes is not None:
         return Path(opts.attributes)
-    candidate = Path(manifest.get("images", {}).get("root", "")) / ATTRIBUTES_FILE
+    candidate = Path(manifest.get("images", {}).get("root", "")) / schema.ATTRIBUTES_FILE
     return candidate if candidate.is_file() else None
 
 

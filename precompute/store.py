@@ -13,8 +13,10 @@ their partial files under the same names: exactly one row per (image, layer, hea
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -113,32 +115,44 @@ def vectors_to_arrow(vectors: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
 
 
-def arrow_to_vectors(column: pa.ChunkedArray | pa.ListArray) -> np.ndarray:
-    """list<float32> column -> [n, d] float32 (one copy at most)."""
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """A list or fixed-size-list column of n float vectors -> float32 [n, d], copying at most once."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     n = len(column)
-    if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(n, -1).astype(np.float32, copy=False)  # [n, d]
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # [n * d]
+    d = dim if dim is not None else (len(values) // n if n else 0)
+    if len(values) != n * d:
+        raise ValueError(f"{n} vectors do not share one width d={d}: {len(values)} values in all")
+    return values.reshape(n, d)  # [n, d]
+
+
+def parse_manifest(path: Path) -> dict:
+    """The manifest at ``path``, or a RunDirError saying what is wrong with it (without the path)."""
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"cannot read the manifest ({e})") from e
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"the manifest is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise RunDirError(f"the manifest is a JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        found = "no schema version" if version is None else f"schema version {version!r}"
+        raise RunDirError(f"{found}; this version reads version {schema.SCHEMA_VERSION}, re-run into a new folder")
+    return manifest
 
 
 def read_manifest(run_dir: Path) -> dict | None:
+    """The run's manifest; None when there is none; a RunDirError naming the file when it cannot be used."""
     path = Path(run_dir) / schema.MANIFEST
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e}); move the folder away or pass another --out") from e
-    version = manifest.get("schema_version")
-    if version != schema.SCHEMA_VERSION:
-        raise RunDirError(
-            f"{run_dir} was written with schema version {version}, this version reads {schema.SCHEMA_VERSION}; "
-            "re-run into a new --out folder"
-        )
-    return manifest
+        return parse_manifest(path)
+    except RunDirError as e:
+        raise RunDirError(f"{path}: {e}; move the folder away or pass another --out") from e
 
 
 def new_manifest(**fields: Any) -> dict:
@@ -151,12 +165,39 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
     write_json_atomic(Path(run_dir) / schema.MANIFEST, manifest)
 
 
+def head_dir(run_dir: Path, layer: int, head: int) -> Path:
+    """head_vectors/layer=L/head=H/: one head's parts (hive partitioning: layer and head live in the path)."""
+    return Path(run_dir) / schema.HEAD_VECTORS_DIR / f"layer={layer}" / f"head={head}"
+
+
 def head_part_path(run_dir: Path, layer: int, head: int, chunk: int) -> Path:
-    return Path(run_dir) / schema.HEAD_VECTORS_DIR / f"layer={layer}" / f"head={head}" / f"part-{chunk:05d}.parquet"
+    return head_dir(run_dir, layer, head) / f"part-{chunk:05d}.parquet"
+
+
+_PART = re.compile(r"part-\d+\.parquet")
+_PARTITION = re.compile(r"layer=(\d+)/head=(\d+)/part-\d+\.parquet$")
 
 
 def head_files(run_dir: Path, layer: int, head: int) -> list[Path]:
-    return sorted((Path(run_dir) / schema.HEAD_VECTORS_DIR / f"layer={layer}" / f"head={head}").glob("part-*.parquet"))
+    """One head's finished parts, in chunk order (never a hidden temp file of a write in progress)."""
+    folder = head_dir(run_dir, layer, head)
+    return sorted(p for p in folder.glob("part-*.parquet") if _PART.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def all_head_files(run_dir: Path) -> list[Path]:
+    """Every finished head part of a run, by layer, head and chunk."""
+    found = []
+    for path in (Path(run_dir) / schema.HEAD_VECTORS_DIR).glob("layer=*/head=*/part-*.parquet"):
+        where = head_partition(path)
+        if where is not None:
+            found.append((where, path.name, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def head_partition(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(layer, head) of a head part from its folders; None for any other path."""
+    match = _PARTITION.search(Path(path).as_posix())
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def read_head(run_dir: Path, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,11 +245,26 @@ class ChunkStore:
 # ------------------------------------------------------------------ stages
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def stage_key(*parts: Any) -> str:
     """A short hash of everything a stage's output depends on."""
-    import hashlib
+    return _digest(list(parts))
 
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def plan_key(plan: dict) -> str:
+    """The decompose stage's key: a hash of its plan itself (the plan is what its output depends on)."""
+    return _digest(plan)
+
+
+def stages_done(manifest: dict) -> list[str]:
+    """The stages the manifest marks done, in pipeline order."""
+    stages = manifest.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    return [s for s in schema.STAGES if isinstance(stages.get(s), dict) and stages[s].get("done") is True]
 
 
 def stage_current(manifest: dict, stage: str, key: str) -> bool:
@@ -227,13 +283,16 @@ def require_stage(run_dir: Path, stage: str, command: str) -> dict:
     return manifest
 
 
-def finish_stage(run_dir: Path, manifest: dict, stage: str, key: str, seconds: float, **info: Any) -> None:
-    """Mark ``stage`` done with ``key``; later stages that depended on an older version are marked stale."""
-    order = ["decompose", "textspan", "label", "score"]
+def finish_stage(run_dir: Path, manifest: dict, stage: str, key: str, seconds: float,
+                 timing: dict | None = None, **info: Any) -> None:
+    """Mark ``stage`` done with ``key`` and write the manifest; later stages computed from another key go stale.
+
+    ``timing`` adds to the stage's ``timings`` entry (``seconds`` is always there); ``info`` to its record.
+    """
     stages = manifest.setdefault("stages", {})
     stages[stage] = {"done": True, "key": key, "finished": now(), **info}
-    for later in order[order.index(stage) + 1:] if stage in order else []:
+    for later in schema.STAGES[schema.STAGES.index(stage) + 1:]:
         if later in stages and stages[later].get("after") != key:
             stages[later]["done"] = False
-    manifest.setdefault("timings", {})[stage] = {"seconds": round(seconds, 2)}
+    manifest.setdefault("timings", {})[stage] = {"seconds": round(seconds, 2), **(timing or {})}
     write_manifest(run_dir, manifest)

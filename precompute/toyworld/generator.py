@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from precompute.errors import InputError
+from precompute.schema import ATTRIBUTES_FILE
 from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, NO_DROPOUT, TEMPLATES, CaptionDropout, caption
 
 IMAGE_SIZE = 64
@@ -32,7 +33,6 @@ CELL = 16  # every object sits in its own 16 x 16 cell (2 x 2 patches)
 OBJECT_PIXELS = {"small": 10, "large": 14}  # side of the box a shape is drawn in, centred in its cell
 WIGGLE = 1  # max random shift of an object inside its cell, pixels
 PERIOD = 16  # every background pattern repeats within 16 px, so a random crop offset keeps its look
-ATTRIBUTES_FILE = "attributes.parquet"
 
 RGB = {
     "red": (220, 30, 30),

@@ -9,7 +9,7 @@ import pytest
 
 from dashboard import data
 from dashboard.settings import ENV_DATA_DIR
-from precompute import derived, registry, schema
+from precompute import registry, schema, store
 from precompute.labels import load_overrides
 from precompute.textenc import encode_texts
 from tests.app.conftest import all_text, no_exceptions, open_page, widget
@@ -95,7 +95,8 @@ def test_a_head_permalink_shows_its_label_texts_scores_and_top_images(app, con, 
     # top images: the largest r . t for the head's top text t
     ids, vectors = data.head_vectors(con, "tiny", 2, 1)
     pool = data.texts(con, "tiny")
-    emb = data.to_matrix(pool.column("embedding"))[pool.column("text_id").to_pylist().index(int(picks.text_id[0]))]
+    row = pool.column("text_id").to_pylist().index(int(picks.text_id[0]))
+    emb = store.arrow_to_vectors(pool.column("embedding"))[row]
     best = ids[np.argmax(vectors @ (emb / np.linalg.norm(emb)))]
     captions = [c for img in at.image for c in img.captions]
     assert captions[-12].startswith(f"#{best} · ")
@@ -105,7 +106,7 @@ def test_a_head_permalink_shows_its_label_texts_scores_and_top_images(app, con, 
 @pytest.mark.parametrize("run, layer, head", [("tiny", 1, 2), ("synth/full", 3, 1)])
 def test_top_images_by_principal_direction(app, con, runs_dir, run, layer, head):
     """tiny's textspan stage stored the direction (head_summary.parquet); synth/full has none: computed."""
-    assert (runs_dir / run / derived.HEAD_SUMMARY_FILE).is_file() == (run == "tiny")
+    assert (runs_dir / run / schema.HEAD_SUMMARY_FILE).is_file() == (run == "tiny")
     at = app("head", run=run, layer=layer, head=head, dir="pc")
     no_exceptions(at)
     assert widget(at, "radio", "head.dir").value == "pc"
@@ -179,7 +180,7 @@ def test_search_by_words_and_by_meaning(app, con):
     spec, _ = registry.spec_from_manifest(json.loads(data.run_info(con, "tiny")["manifest"])["model"], "cpu")
     loaded = registry.load_model(spec)
     pool = data.texts(con, "tiny")
-    emb = dict(zip(pool.column("text_id").to_pylist(), data.to_matrix(pool.column("embedding"))))
+    emb = dict(zip(pool.column("text_id").to_pylist(), store.arrow_to_vectors(pool.column("embedding"))))
     query = encode_texts(loaded, ["photo"])[0]
     best = max(((float(emb[t] @ query), (int(l), int(h))) for l, h, t in zip(picks.layer, picks["head"], picks.text_id)))
     assert (meaning["layer"][0], meaning["head"][0]) == best[1]

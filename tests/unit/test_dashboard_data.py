@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from dashboard import data
-from dashboard.rundirs import discover_runs, stages_done
-from precompute import schema
+from dashboard.rundirs import discover_runs
+from precompute import schema, store
 from precompute.errors import InputError
 from tests.fixtures.runs import make_run
 
@@ -44,7 +44,8 @@ def test_runs_are_found_by_relative_path_up_to_three_levels(tmp_path):
 
 def test_a_bad_manifest_skips_its_run_and_is_reported(tmp_path):
     make_run(tmp_path, "good", stages=(), n_images=2)
-    for name, text in [("broken", "{not json"), ("list", "[1, 2]"), ("future", '{"schema_version": 99}')]:
+    for name, text in [("broken", "{not json"), ("list", "[1, 2]"), ("future", '{"schema_version": 99}'),
+                       ("unversioned", '{"stages": {}}')]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text(text)
     con = data.connect(tmp_path)
@@ -52,7 +53,8 @@ def test_a_bad_manifest_skips_its_run_and_is_reported(tmp_path):
     problems = "\n".join(data.run_problems(con))
     assert "broken/manifest.json: the manifest is not valid JSON" in problems
     assert "list/manifest.json: the manifest is a JSON list, not an object" in problems
-    assert "future/manifest.json: schema version 99; this dashboard reads version 1" in problems
+    assert "unversioned/manifest.json: no schema version; this version reads version 1" in problems
+    assert "future/manifest.json: schema version 99; this version reads version 1" in problems
 
 
 def test_missing_data_folder_is_an_input_error(tmp_path):
@@ -97,10 +99,10 @@ def test_manifest_width_that_disagrees_with_the_vectors_is_reported(tmp_path):
     assert data.image_embeddings(con, "r")[1].shape == (6, 6)
 
 
-def test_stages_done_skips_stages_marked_unfinished():
-    manifest = {"stages": {"decompose": {}, "textspan": {"done": False}, "label": {"status": "running"},
-                           "score": {"status": "done"}}}
-    assert stages_done(manifest) == ["decompose", "score"]
+def test_stages_done_are_the_stages_marked_done_in_pipeline_order():
+    manifest = {"stages": {"score": {"done": True}, "decompose": {"done": True}, "textspan": {"done": False},
+                           "label": {"status": "completed"}, "other": {"done": True}}}
+    assert store.stages_done(manifest) == ["decompose", "score"]
 
 
 def test_run_names_with_quotes_are_safe_in_views(tmp_path):
@@ -251,7 +253,7 @@ def test_image_embeddings_and_texts(two_runs):
     np.testing.assert_array_equal(emb, full.embeddings)
     texts = data.texts(con, "team/full")
     assert texts.column("text_id").to_pylist() == list(range(10))
-    np.testing.assert_array_equal(data.to_matrix(texts.column("embedding")), full.text_embeddings)
+    np.testing.assert_array_equal(store.arrow_to_vectors(texts.column("embedding")), full.text_embeddings)
 
 
 def test_thumbnails_follow_the_order_asked_with_none_for_unknown_ids(two_runs):
@@ -281,17 +283,17 @@ def test_image_meta_has_no_thumbnails(two_runs):
 # --------------------------------------------------------------------------- numpy helpers
 
 
-def test_to_matrix_handles_lists_fixed_size_lists_and_chunks():
+def test_arrow_to_vectors_handles_lists_fixed_size_lists_and_chunks():
     values = np.arange(12, dtype=np.float32).reshape(4, 3)  # [n, d]
     lists = pa.array(values.tolist(), pa.list_(pa.float32()))
     fixed = pa.array(values.tolist(), pa.list_(pa.float32(), 3))
     chunked = pa.chunked_array([lists.slice(0, 1), lists.slice(1)])
     for column in (lists, fixed, chunked, lists.slice(1)):
         expected = values[1:] if len(column) == 3 else values
-        np.testing.assert_array_equal(data.to_matrix(column), expected)
+        np.testing.assert_array_equal(store.arrow_to_vectors(column), expected)
     ragged = pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))
     with pytest.raises(ValueError, match="do not share one width"):
-        data.to_matrix(ragged, dim=2)
+        store.arrow_to_vectors(ragged, dim=2)
 
 
 def test_a_query_about_one_run_never_reads_another_runs_files(tmp_path):
