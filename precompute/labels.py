@@ -1,4 +1,4 @@
-"""Property labels for heads, each recording who made it (DESIGN.md section 6).
+"""Property labels for heads, each recording who made it (docs/design.md section 6).
 
 Three labellers, in increasing precedence:
 
@@ -14,9 +14,8 @@ Three labellers, in increasing precedence:
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,9 +23,15 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from precompute.errors import InputError
+from precompute.store import write_bytes_atomic
 
-MIXED = "mixed"
+MIXED = "mixed"  # the property of a head whose texts share none
 OVERRIDE_COLUMNS = ("layer", "head", "property", "author", "note")
+
+
+def head_name(layer: int, head: int) -> str:
+    """How a head is written everywhere (messages, file names, the dashboard): ``L{layer}.H{head}``."""
+    return f"L{layer}.H{head}"
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,10 @@ def load_overrides(path: str | Path, missing_ok: bool = False) -> dict[tuple[int
         key = (_index(row["layer"], "layer", path, line), _index(row["head"], "head", path, line))
         prop = (row["property"] or "").strip()
         if not prop:
-            raise InputError(f"{path}, line {line}: empty property for L{key[0]}.H{key[1]}")
+            raise InputError(f"{path}, line {line}: empty property for {head_name(*key)}")
         if key in out and out[key].property != prop:
             raise InputError(
-                f"{path}: L{key[0]}.H{key[1]} is labelled {out[key].property!r} on line {seen_at[key]} "
+                f"{path}: {head_name(*key)} is labelled {out[key].property!r} on line {seen_at[key]} "
                 f"and {prop!r} on line {line}; keep one row per head"
             )
         out[key] = Override(prop, (row.get("author") or "").strip() or None, (row.get("note") or "").strip() or None)
@@ -174,19 +179,11 @@ def write_override(
                 kept.append(row)
         if not replaced:
             kept.append(new)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows({c: row.get(c) or "" for c in columns} for row in kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({c: row.get(c) or "" for c in columns} for row in kept)
+        write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict]]:

@@ -1,6 +1,6 @@
 """The ``llm`` labeller: a chat model over an OpenAI-compatible endpoint names each head's property.
 
-Few-shot prompted with hand-labelled heads (Madasu et al. 2409.06579, method_notes.md section 5), temperature 0,
+Few-shot prompted with hand-labelled heads (Madasu et al. 2409.06579; docs/design.md section 6), temperature 0,
 retries on timeouts, 5xx, 429 and dropped connections. A malformed or refused reply, or an endpoint that stays
 down, falls back to the pool label with a ``LabelFallbackWarning``, recorded in the provenance. The API key never
 appears in a repr, the provenance or a warning.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from precompute.errors import InputError
-from precompute.labels import MIXED, HeadLabel, LabelFallbackWarning
+from precompute.labels import MIXED, HeadLabel, LabelFallbackWarning, head_name
 from precompute.paths import LLM_EXAMPLES as DEFAULT_EXAMPLES
 
 ENV_BASE_URL = "CLIP_INTERPRET_LLM_BASE_URL"
@@ -158,7 +158,7 @@ def label_llm(
     except _LLMFailure as exc:
         reason = _redact(str(exc), config.api_key)
         warnings.warn(
-            f"LLM labeller, L{layer}.H{head}: {reason}; keeping the {fallback.labeller} label {fallback.property!r}",
+            f"LLM labeller, {head_name(layer, head)}: {reason}; keeping the {fallback.labeller} label {fallback.property!r}",
             LabelFallbackWarning,
             stacklevel=2,
         )
