@@ -53,6 +53,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dashboard import data, live, overlay  # noqa: E402
+
+try:
+    from dashboard import analysis  # noqa: E402
+except ImportError:  # an exported revision from before dashboard/analysis.py, whose live.py held the maths
+    analysis = live
 from precompute import paths  # noqa: E402
 from precompute.decompose import Decomposer  # noqa: E402
 from precompute.registry import ModelSpec, WeightsSource, load_model  # noqa: E402
@@ -79,7 +84,7 @@ def nearest_neighbours(root: Path, n: int, queries: int, k: int = 16) -> tuple[d
     t0 = time.perf_counter()
     ids, vectors = data.head_vectors(con, "big", 11, 0)
     load_s = time.perf_counter() - t0
-    norms = live.row_norms(vectors)
+    norms = analysis.row_norms(vectors)
     rng = np.random.default_rng(0)
     out = {"images": n, "dim": int(vectors.shape[1]), "k": k, "write_run_s": round(write_s, 1),
            "cold_load_ms": ms(load_s)}
@@ -87,7 +92,7 @@ def nearest_neighbours(root: Path, n: int, queries: int, k: int = 16) -> tuple[d
         times = []
         for row in rng.integers(0, n, queries):
             t0 = time.perf_counter()
-            live.top_k(live.similarities(vectors[row], vectors, norms, cosine), k, exclude=int(row))
+            analysis.top_k(analysis.similarities(vectors[row], vectors, norms, cosine), k, exclude=int(row))
             times.append(time.perf_counter() - t0)
         name = "cosine" if cosine else "dot"
         out[f"query_{name}_p50_ms"] = ms(pct(times, 50))
@@ -148,7 +153,7 @@ def upload_analysis(ids: np.ndarray, vectors: np.ndarray, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     steps = {"decode_ms": [], "decompose_ms": [], "text_ms": [], "maps_png_ms": [], "neighbours_ms": [],
              "total_ms": [], "plain_forward_ms": []}
-    norms = live.row_norms(vectors)
+    norms = analysis.row_norms(vectors)
     for i in range(repeats + 1):  # the first round warms up and is dropped
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -160,10 +165,10 @@ def upload_analysis(ids: np.ndarray, vectors: np.ndarray, repeats: int) -> dict:
         t.append(time.perf_counter())
         text = encode_texts(loaded, [f"a photo of a dog {i}"])[0]
         t.append(time.perf_counter())
-        grid = live.summed_map(live.head_maps(li, text), li.layers, heads)
+        grid = analysis.summed_map(analysis.head_maps(li, text), li.layers, heads)
         png = overlay.render_png([("all heads", li.view, grid)], overlay.symmetric_scale(grid), "scale")
         t.append(time.perf_counter())
-        rows, _ = live.top_k(live.similarities(li.head_vector(*heads[-1]), vectors, norms), 16)
+        rows, _ = analysis.top_k(analysis.similarities(li.head_vector(*heads[-1]), vectors, norms), 16)
         t.append(time.perf_counter())
         with torch.inference_mode():
             t_plain = time.perf_counter()
@@ -251,13 +256,13 @@ def scale_child(data_dir: Path, run: str, repeats: int, queries: int) -> dict:
     out["principal_s"] = _timed(lambda: state.principal_direction(cat, run, *other))
     out["principal_stored"] = (run_dir / "head_summary.parquet").is_file()
     vectors32 = data.head_vectors(cat.con, run, *other)[1]
-    out["principal_computed_s"] = _timed(lambda: live.principal_direction(vectors32))
+    out["principal_computed_s"] = _timed(lambda: analysis.principal_direction(vectors32))
     del vectors32
     m = state.head_matrix(cat, run, *other)
     out["vectors_dtype"] = str(m.vectors.dtype)
     rng = np.random.default_rng(0)
     for cosine in (False, True):
-        times = [_timed(lambda: live.top_k(live.similarities(m.vectors[r], m.vectors, m.norms, cosine), 16,
+        times = [_timed(lambda: analysis.top_k(analysis.similarities(m.vectors[r], m.vectors, m.norms, cosine), 16,
                                            exclude=int(r))) for r in rng.integers(0, len(m.ids), queries)]
         out[f"nn_{'cosine' if cosine else 'dot'}_p50_ms"] = ms(pct(times, 50))
     del m

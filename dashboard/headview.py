@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, live, state, urlstate
-from dashboard.widgets import RunContext, download_csv, fail, head_name, stage_hint, thumbnail_grid
+from dashboard import analysis, charts, data, state, urlstate
+from dashboard.widgets import RunContext, download_csv, fail, stage_hint, thumbnail_grid
 from precompute import schema
 from precompute.errors import InterpretError
-from precompute.labels import MIXED, load_overrides, write_override
+from precompute.labels import MIXED, head_name, load_overrides, write_override
 
 SAVED = "head.saved"  # a message to show once after an override was written
 
@@ -122,12 +122,12 @@ def top_images_section(ctx: RunContext, layer: int, head: int, picks: pd.DataFra
         frame, emb = state.text_table(ctx.cat, ctx.name)
         top = picks.iloc[0]
         direction = emb[frame.index[frame["text_id"] == top["text_id"]][0]]  # [D]
-        rows, proj = live.top_along(m.vectors, direction, 12)
+        rows, proj = analysis.top_along(m.vectors, direction, 12)
         st.caption(f"Images whose r[{layer},{head}] points furthest along the text **“{top['text']}”** "
                    "(dot product with its normalised embedding): what this head adds toward that text.")
     else:
         direction = state.principal_direction(ctx.cat, ctx.name, layer, head)
-        rows, proj = live.top_along(m.vectors, direction, 12, centred=True, mean=m.mean)
+        rows, proj = analysis.top_along(m.vectors, direction, 12, centred=True, mean=m.mean)
         st.caption("Images with the largest projection of the centred r[l,h] onto the head's first principal "
                    "direction (the direction of most variance; its sign is chosen so the longer tail is positive).")
     thumbnail_grid(ctx, m.ids[rows], [f"#{i} · {p:.3g}" for i, p in zip(m.ids[rows], proj)])

@@ -1,6 +1,7 @@
 """UI pieces the pages share: the current run, head pickers, k, result grids, downloads, errors.
 
-Streamlit code, but no caching (that is ``state``), no SQL (queries come from ``data``) and no math (``live``).
+Streamlit code, but no caching (that is ``state``), no SQL (queries come from ``data``) and no math
+(``analysis``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import streamlit as st
 
 from dashboard import data, hints, settings, state, urlstate
 from precompute.errors import InterpretError
+from precompute.labels import head_name
 
 RUN_KEY = "run"  # the sidebar's run picker (app.py): shared by every page
 PAGES = Path(__file__).resolve().parent / "app_pages"
@@ -33,8 +35,9 @@ def fail(error: Exception) -> None:
     st.stop()
 
 
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}.H{head}"
+def open_head(run: str, layer: int, head: int) -> None:
+    """Go to the head explorer, showing this head of this run."""
+    st.switch_page(PAGES / "head.py", query_params={"run": run, "layer": str(layer), "head": str(head)})
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Finding, decoding and thumbnailing probe images; one conversion to RGB for the whole project.
+"""Finding, decoding and thumbnailing images; one decoder and one conversion to RGB for the whole project.
 
-Decoding happens in DataLoader worker processes; a file that cannot be decoded
-comes back as a reason string, never as an exception, so one bad file never
-ends a run.
+``open_image`` decodes probe images and the dashboard's uploads alike (limits,
+notes, EXIF, 16-bit, CMYK, animations, truncated files, bombs, non-image bytes
+named). Probe images are decoded in DataLoader worker processes; a file that
+cannot be decoded comes back as a reason string, never as an exception, so one
+bad file never ends a run.
 
 The model's preprocessing is split in two (``split_preprocess``): the PIL steps
 (resize, crop) run in the workers, which ship the crop as uint8 (a quarter of
@@ -16,14 +18,13 @@ from __future__ import annotations
 import io
 import os
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from precompute.errors import InputError
 from precompute.schema import THUMBNAIL_SIZE
@@ -109,31 +110,165 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def open_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, list[str]]:
-    """Decode fully (first frame of an animation) to RGB, or raise ValueError with the reason."""
-    notes: list[str] = []
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(source)
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"image too large to decode safely ({e})") from None
-        except Image.UnidentifiedImageError:
-            raise ValueError("not an image PIL can read") from None
-        except OSError as e:
-            raise ValueError(f"unreadable: {e}") from None
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ValueError(f"image too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
-        if getattr(img, "n_frames", 1) > 1:
-            notes.append(f"animated image with {img.n_frames} frames: using the first frame")
+# --------------------------------------------------------------------------- decoding: probe images and uploads
+
+IMAGE_FORMATS = "JPEG, PNG, WebP, GIF, BMP"  # what error messages offer as the valid choices
+
+# Leading bytes of common files that are not images PIL reads, to name what was given instead.
+_SIGNATURES = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or a .docx/.xlsx/.pptx, which are ZIP files)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x7fELF", "a Linux executable"),
+    (b"MZ", "a Windows executable"),
+    (b"ID3", "an MP3 audio file"),
+    (b"OggS", "an Ogg audio/video file"),
+    (b"\x1a\x45\xdf\xa3", "a WebM/Matroska video"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\xd0\xcf\x11\xe0", "an old Microsoft Office document"),
+    (b"SQLite format 3", "an SQLite database"),
+    (b"PAR1", "a Parquet file"),
+)
+_ISO_BRANDS = {b"heic": "a HEIC photo", b"heix": "a HEIC photo", b"mif1": "a HEIF photo", b"msf1": "a HEIF photo",
+               b"avif": "an AVIF image", b"isom": "an MP4 video", b"mp41": "an MP4 video", b"mp42": "an MP4 video",
+               b"qt  ": "a QuickTime video", b"M4A ": "an M4A audio file"}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError)
+
+
+def open_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS, max_bytes: int | None = None,
+               subject: str = "the file") -> tuple[Image.Image, list[str]]:
+    """Decode bytes or a file fully to 8-bit RGB: (image, notes for the user); InputError with the reason otherwise.
+
+    The one decoder of the project, for probe images and uploads alike. In order: the size in bytes
+    (``max_bytes``); the header only (a file PIL cannot read is named from its first bytes, ``describe_bytes``);
+    the pixel count declared in the header, before a single pixel is decoded (decompression bombs:
+    ``max_pixels`` and PIL's own ``MAX_IMAGE_PIXELS``, whichever is lower); the first frame of an animation,
+    with a note; every pixel, so a truncated file fails here rather than half-grey later; then ``to_rgb``.
+    ``subject`` names the input in messages ("the upload"). No ``warnings`` filters: they are process-wide and
+    the dashboard decodes in threads, so a bomb is refused by the pixel check (PIL may still warn about it).
+    An I/O error reading a path (errno set) propagates as the OSError it is.
+    """
+    size = len(data) if isinstance(data, bytes) else os.stat(data).st_size
+    _check_size(size, max_bytes, subject)
+    img = _open(data, subject)
+    _check_pixels(img, max_pixels)
+    notes = _frame_notes(img, subject)
+    _decode(img)
+    if _exif_rotated(img):
+        notes.append("rotated upright as its EXIF orientation asks")
+    return _to_rgb(img), notes
+
+
+def describe_bytes(data: bytes) -> str:
+    """A guess at what a file that is not a readable image is, from its first bytes."""
+    head = data[:64]
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS:
+        return _ISO_BRANDS[head[8:12]]
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<svg", b"<?xml")):
+        return "an SVG/XML file (vector images are not supported: export it to PNG)"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    try:
+        sample = data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return "not an image PIL can read"
+    printable = sum(c.isprintable() or c.isspace() for c in sample)
+    return "a text file" if printable >= 0.95 * len(sample) else "not an image PIL can read"
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _check_size(size: int, max_bytes: int | None, subject: str) -> None:
+    if size == 0:
+        raise InputError(f"{subject} is empty (0 bytes); expected an image file ({IMAGE_FORMATS})")
+    if max_bytes is not None and size > max_bytes:
+        raise InputError(f"{subject} is {human_bytes(size)}, over the {human_bytes(max_bytes)} limit; "
+                         "resize or compress the image first")
+
+
+def _first_bytes(data: bytes | str | Path, n: int = 4096) -> bytes:
+    if isinstance(data, bytes):
+        return data[:n]
+    with open(data, "rb") as f:
+        return f.read(n)
+
+
+def _open(data: bytes | str | Path, subject: str) -> Image.Image:
+    """Read the header only; refuse what is not an image, naming what it looks like."""
+    try:
+        return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"the image is too large to decode safely ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{subject} is {describe_bytes(_first_bytes(data))}; expected an image file "
+                         f"({IMAGE_FORMATS})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # the file system's error, not the format's
+            raise
+        raise InputError(f"{subject} is not a readable image ({e})") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    """Refuse a decompression bomb from its declared size, before a single pixel is decoded."""
+    w, h = img.size
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if w * h > limit:
+        raise InputError(f"the image is {w}x{h} = {w * h:,} pixels, over the {limit:,} pixel limit; "
+                         "downscale it first")
+    if w == 0 or h == 0:
+        raise InputError(f"the image has no pixels ({w}x{h})")
+
+
+def _corrupt(img: Image.Image, error: Exception) -> InputError:
+    return InputError(f"the {img.format or 'image'} file is truncated or corrupt ({error})")
+
+
+def _frame_notes(img: Image.Image, subject: str) -> list[str]:
+    """A note for an animation (GIF, WebP, APNG), whose first frame is the one used."""
+    try:
+        frames = getattr(img, "n_frames", 1)  # counting frames reads through the file, not decoding them
+        if frames > 1:
             img.seek(0)
-        try:
-            img.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-            raise ValueError(f"corrupt or truncated image: {e}") from None
-        return to_rgb(img), notes
+    except _DECODE_ERRORS as e:
+        raise _corrupt(img, e) from None
+    if frames > 1:
+        return [f"{subject} is an animated {img.format or 'image'} with {frames} frames; the first frame is used"]
+    return []
+
+
+def _decode(img: Image.Image) -> None:
+    """Decode every pixel now, so a truncated or corrupt file fails here."""
+    try:
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise InputError(f"the image is too large to decode safely ({e})") from None
+    except _DECODE_ERRORS as e:
+        raise _corrupt(img, e) from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    try:
+        return to_rgb(img)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot convert a {img.mode} image to RGB ({e}); save it as an RGB JPEG or PNG") from None
+
+
+def _exif_rotated(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def thumbnail_jpeg(img: Image.Image, size: int = THUMBNAIL_SIZE, quality: int = 85) -> bytes:
@@ -242,11 +377,9 @@ class ImageFolderDataset:
     def __getitem__(self, i: int) -> Decoded:
         path = self.root / self.paths[i]
         try:
-            if path.stat().st_size == 0:
-                raise ValueError("empty file (0 bytes)")
             img, _notes = open_image(path)
             return Decoded(self.indices[i], self.preprocess(img), img.width, img.height, thumbnail_jpeg(img))
-        except ValueError as e:
+        except (InputError, ValueError) as e:
             return Decoded(self.indices[i], None, error=str(e))
         except OSError as e:
             return Decoded(self.indices[i], None, error=f"unreadable: {e.strerror or e}")

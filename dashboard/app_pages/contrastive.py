@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import imagesource, live, overlay, state, urlstate, widgets
+from dashboard import analysis, imagesource, overlay, state, urlstate, widgets
 
 ctx = widgets.run_page("3 · Contrastive map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")
@@ -19,8 +19,8 @@ if not (t1 and t2):
     st.stop()
 
 li = imagesource.live_image(ctx, bundle, q)
-m1, m2, diff = live.contrastive_map(live.head_maps(li, state.text_embedding(bundle, t1)),
-                                    live.head_maps(li, state.text_embedding(bundle, t2)), li.layers, heads)
+m1, m2, diff = analysis.contrastive_map(analysis.head_maps(li, state.text_embedding(bundle, t1)),
+                                        analysis.head_maps(li, state.text_embedding(bundle, t2)), li.layers, heads)
 scale = overlay.symmetric_scale(diff)
 png = overlay.render_png([(f"“{t1}” - “{t2}” · sum over {described}", li.view, diff)], scale,
                          f"map(t1) - map(t2)   red: “{t1}”   blue: “{t2}”")
@@ -30,7 +30,7 @@ st.caption(f"Both maps use the same {len(heads)} head{'s' if len(heads) != 1 els
            f"“{t1}”, blue where more toward “{t2}”.")
 stem = f"contrastive-map_{ctx.name.replace('/', '_')}"
 st.download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key="con.png", on_click="ignore")
-widgets.download_csv(live.map_frame(diff), "Download map values (CSV)", f"{stem}.csv", key="con.csv")
+widgets.download_csv(analysis.map_frame(diff), "Download map values (CSV)", f"{stem}.csv", key="con.csv")
 with st.expander("The two maps, on their own shared scale"):
     both = overlay.symmetric_scale(m1, m2)
     st.image(overlay.render_png([(f"“{t1}”", li.view, m1), (f"“{t2}”", li.view, m2)], both,

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dashboard import imagesource, live, state, widgets
-from dashboard.widgets import head_name
+from dashboard import analysis, imagesource, state, widgets
+from precompute.labels import head_name
 
 ctx = widgets.run_page("4 · Image neighbours, per head", needs="decompose")
 
@@ -26,8 +26,8 @@ if q.is_dataset:
 else:
     bundle = imagesource.require_model(ctx, "an uploaded image")
     query = imagesource.live_image(ctx, bundle, q).head_vector(layer, head)  # [D]
-rows, scores = live.top_k(live.similarities(query, m.vectors, m.norms, cosine), k, exclude)
-frame = live.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k, exclude)
+frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
                               layer=layer, head=head, query=q.name, similarity="cosine" if cosine else "dot")
 st.markdown(f"#### {len(frame)} nearest images by {head_name(layer, head)}"
             + (" (the query image itself left out)" if exclude is not None else ""))

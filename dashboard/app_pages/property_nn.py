@@ -2,9 +2,8 @@
 
 import streamlit as st
 
-from dashboard import data, imagesource, live, state, urlstate, widgets
-from dashboard.widgets import head_name
-from precompute.labels import MIXED
+from dashboard import analysis, data, imagesource, state, urlstate, widgets
+from precompute.labels import MIXED, head_name
 
 ctx = widgets.run_page("1 · Property nearest neighbours", needs="label")
 
@@ -16,7 +15,7 @@ if not properties:
 left, right = st.columns(2, gap="large")
 with right:
     prop = urlstate.selectbox("Property", properties, key="pnn.prop", param="prop")
-    heads = live.heads_with_property(labels, prop)
+    heads = analysis.heads_with_property(labels, prop)
     st.caption(f"Query vector: the mean of r[l,h] over the {len(heads)} head{'s' if len(heads) != 1 else ''} "
                f"labelled **{prop}** ({', '.join(head_name(*h) for h in heads)}); every dataset image gets the "
                "same mean over the same heads, and the closest are shown.")
@@ -33,9 +32,9 @@ if q.is_dataset:
 else:
     bundle = imagesource.require_model(ctx, "an uploaded image")
     li = imagesource.live_image(ctx, bundle, q)
-    query = live.mean_vector([li.head_vector(l, h) for l, h in heads])  # [D]
-rows, scores = live.top_k(live.similarities(query, m.vectors, m.norms, cosine), k, exclude)
-frame = live.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+    query = analysis.mean_vector([li.head_vector(l, h) for l, h in heads])  # [D]
+rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k, exclude)
+frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
                               property=prop, query=q.name, similarity="cosine" if cosine else "dot")
 st.markdown(f"#### {len(frame)} nearest images by the **{prop}** heads"
             + (" (the query image itself left out)" if exclude is not None else ""))

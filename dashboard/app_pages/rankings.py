@@ -3,13 +3,8 @@
 import streamlit as st
 
 from dashboard import charts, data, hints, widgets
-from dashboard.widgets import head_name
-
-HEAD_PAGE = widgets.PAGES / "head.py"
-
-
-def open_head(run: str, layer: int, head: int) -> None:
-    st.switch_page(HEAD_PAGE, query_params={"run": run, "layer": str(layer), "head": str(head)})
+from dashboard.widgets import open_head
+from precompute.labels import head_name
 
 
 def missing_stage_note(names: list[str], stage: str, what: str) -> None:

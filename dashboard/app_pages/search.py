@@ -3,13 +3,8 @@
 import streamlit as st
 
 from dashboard import data, headsearch, imagesource, state, urlstate, widgets
-from dashboard.widgets import head_name
-
-HEAD_PAGE = widgets.PAGES / "head.py"
-
-
-def open_head(layer: int, head: int) -> None:
-    st.switch_page(HEAD_PAGE, query_params={"run": ctx.name, "layer": str(layer), "head": str(head)})
+from dashboard.widgets import open_head
+from precompute.labels import head_name
 
 
 def open_head_from(frame, key: str) -> None:
@@ -18,11 +13,11 @@ def open_head_from(frame, key: str) -> None:
                          key=f"{key}.table")
     heads = list(zip(frame["layer"].astype(int), frame["head"].astype(int)))
     if event and event.selection.rows:
-        open_head(*heads[event.selection.rows[0]])
+        open_head(ctx.name, *heads[event.selection.rows[0]])
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     pick = left.selectbox("Open", heads, key=f"{key}.pick", format_func=lambda c: head_name(*c))
     if right.button("Open in the head explorer", key=f"{key}.go"):
-        open_head(*pick)
+        open_head(ctx.name, *pick)
 
 
 ctx = widgets.run_page("Search heads", needs="textspan")

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dashboard import imagesource, live, state, urlstate, widgets
-from dashboard.widgets import head_name
+from dashboard import analysis, imagesource, state, urlstate, widgets
+from precompute.labels import head_name
 
 ctx = widgets.run_page("5 · Text neighbours, per head", needs="decompose")
 bundle = imagesource.require_model(ctx, "embedding a text")
@@ -22,8 +22,8 @@ if not text:
 
 query = state.text_embedding(bundle, text)  # [D], normalised
 m = state.head_matrix(ctx.cat, ctx.name, layer, head)
-rows, scores = live.top_k(live.similarities(query, m.vectors, m.norms, cosine), k)
-frame = live.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k)
+frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
                               layer=layer, head=head, text=text, similarity="cosine" if cosine else "dot")
 st.markdown(f"#### {len(frame)} images {head_name(layer, head)} writes most toward “{text}”")
 widgets.show_neighbours(ctx, frame, f"text-neighbours_{head_name(layer, head)}", key="tnn")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import imagesource, live, overlay, state, urlstate, widgets
+from dashboard import analysis, imagesource, overlay, state, urlstate, widgets
 
 ctx = widgets.run_page("2 · Topic map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")
@@ -18,7 +18,7 @@ if not text:
     st.stop()
 
 li = imagesource.live_image(ctx, bundle, q)
-grid = live.summed_map(live.head_maps(li, state.text_embedding(bundle, text)), li.layers, heads)  # [g, g]
+grid = analysis.summed_map(analysis.head_maps(li, state.text_embedding(bundle, text)), li.layers, heads)  # [g, g]
 scale = overlay.symmetric_scale(grid)
 png = overlay.render_png([(f"“{text}” · sum over {described}", li.view, grid)], scale,
                          "patch term · text embedding (red: toward the text)")
@@ -29,4 +29,4 @@ st.caption(f"Each patch's terms of the chosen heads (the {li.grid}x{li.grid} pat
 stem = f"topic-map_{ctx.name.replace('/', '_')}"
 st.download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key="topic.png",
                    on_click="ignore")
-widgets.download_csv(live.map_frame(grid), "Download map values (CSV)", f"{stem}.csv", key="topic.csv")
+widgets.download_csv(analysis.map_frame(grid), "Download map values (CSV)", f"{stem}.csv", key="topic.csv")

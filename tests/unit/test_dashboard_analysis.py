@@ -1,4 +1,4 @@
-"""The dashboard's pure parts: analysis math (live.py), overlays, head search, hints, settings, new queries."""
+"""The dashboard's pure parts: analysis math (analysis.py), overlays, head search, hints, settings, new queries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboard import data, headsearch, hints, live, overlay, settings
+from dashboard import analysis, data, headsearch, hints, live, overlay, settings
 from precompute.decompose import Decomposer
 from precompute.errors import InputError
 from precompute.registry import ModelSpec, WeightsSource, load_model
@@ -60,46 +60,46 @@ def test_render_png_is_an_in_memory_png_with_its_colour_bar():
 def test_similarities_dot_and_cosine():
     vectors = np.array([[1, 0], [2, 0], [0, 3], [-1, 1]], dtype=np.float32)
     q = np.array([1.0, 1.0], dtype=np.float32)
-    assert live.similarities(q, vectors).tolist() == [1, 2, 3, 0]
-    cos = live.similarities(q, vectors, live.row_norms(vectors), cosine=True)
+    assert analysis.similarities(q, vectors).tolist() == [1, 2, 3, 0]
+    cos = analysis.similarities(q, vectors, analysis.row_norms(vectors), cosine=True)
     assert cos == pytest.approx([2 ** -0.5, 2 ** -0.5, 2 ** -0.5, 0.0], abs=1e-6)
     with pytest.raises(InputError, match="width 3"):
-        live.similarities(np.ones(3), vectors)
+        analysis.similarities(np.ones(3), vectors)
 
 
 def test_top_k_is_ordered_leaves_out_the_query_and_caps_k():
     scores = np.array([0.1, 0.9, 0.5, 0.7], dtype=np.float32)
-    rows, best = live.top_k(scores, 2)
+    rows, best = analysis.top_k(scores, 2)
     assert rows.tolist() == [1, 3] and best.tolist() == pytest.approx([0.9, 0.7])
-    assert live.top_k(scores, 10, exclude=1)[0].tolist() == [3, 2, 0]
+    assert analysis.top_k(scores, 10, exclude=1)[0].tolist() == [3, 2, 0]
     assert scores[1] == pytest.approx(0.9)  # the caller's scores are not modified
     with pytest.raises(InputError):
-        live.top_k(scores, 0)
+        analysis.top_k(scores, 0)
 
 
 def test_principal_direction_matches_the_svd_and_points_along_the_long_tail():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 6)).astype(np.float32) * np.array([5, 1, 1, 1, 1, 1], np.float32)
     x[:10, 0] += 40  # a long positive tail along axis 0
-    v = live.principal_direction(x)
+    v = analysis.principal_direction(x)
     svd = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][0]
     assert abs(float(v @ svd)) == pytest.approx(1.0, abs=1e-4)
     assert v[0] > 0.9
-    rows, _ = live.top_along(x, v, 10, centred=True)
+    rows, _ = analysis.top_along(x, v, 10, centred=True)
     assert set(rows.tolist()) == set(range(10))
 
 
 def test_mean_vector_and_heads_with_property():
     labels = pd.DataFrame({"layer": [1, 1, 2], "head": [0, 1, 0], "property": ["colors", "shapes", "colors"]})
-    assert live.heads_with_property(labels, "colors") == [(1, 0), (2, 0)]
-    assert live.mean_vector([np.array([1.0, 3.0]), np.array([3.0, 5.0])]).tolist() == [2.0, 4.0]
+    assert analysis.heads_with_property(labels, "colors") == [(1, 0), (2, 0)]
+    assert analysis.mean_vector([np.array([1.0, 3.0]), np.array([3.0, 5.0])]).tolist() == [2.0, 4.0]
     with pytest.raises(InputError, match="no heads"):
-        live.mean_vector([])
+        analysis.mean_vector([])
 
 
 def test_neighbours_frame_joins_image_metadata_by_id():
     meta = pd.DataFrame({"image_id": [7, 3, 5], "path": ["a.png", "b.png", "c.png"], "label": ["x", "y", "z"]})
-    frame = live.neighbours_frame(np.array([5, 7]), np.array([0.5, 0.25]), meta, run="r", layer=2)
+    frame = analysis.neighbours_frame(np.array([5, 7]), np.array([0.5, 0.25]), meta, run="r", layer=2)
     assert frame.to_dict("list") == {"rank": [1, 2], "image_id": [5, 7], "path": ["c.png", "a.png"],
                                      "label": ["z", "x"], "score": [0.5, 0.25], "run": ["r", "r"], "layer": [2, 2]}
 
@@ -112,13 +112,13 @@ def test_summed_and_contrastive_maps_use_the_same_heads():
     maps2 = np.ones_like(maps1)
     layers = (4, 5)
     chosen = [(4, 0), (5, 2)]
-    m1, m2, diff = live.contrastive_map(maps1, maps2, layers, chosen)
+    m1, m2, diff = analysis.contrastive_map(maps1, maps2, layers, chosen)
     assert np.array_equal(m1, maps1[0, 0] + maps1[1, 2])
     assert np.array_equal(m2, 2 * np.ones((2, 2)))
     assert np.array_equal(diff, m1 - m2)
     with pytest.raises(InputError, match="L3.H0"):
-        live.summed_map(maps1, layers, [(3, 0)])
-    frame = live.map_frame(diff)
+        analysis.summed_map(maps1, layers, [(3, 0)])
+    frame = analysis.map_frame(diff)
     assert frame.shape == (4, 3) and frame["value"].tolist() == diff.reshape(-1).tolist()
 
 
@@ -136,7 +136,7 @@ def test_decompose_image_is_the_precomputes_decomposition(tiny):
     assert np.allclose(result.heads, ref.heads[0].numpy(), atol=1e-6)
     assert np.allclose(result.tokens.sum(2), result.heads, atol=1e-5)  # tokens sum to r[l,h]
     assert np.allclose(result.head_vector(2, 3), ref.heads[0, 1, 3].numpy(), atol=1e-6)
-    maps = live.head_maps(result, np.eye(32, dtype=np.float32)[0])
+    maps = analysis.head_maps(result, np.eye(32, dtype=np.float32)[0])
     assert maps.shape == (2, 4, 4, 4)
     assert np.allclose(maps[1, 3].reshape(-1), result.tokens[1, 3, 1:, 0], atol=1e-7)
 
@@ -206,9 +206,9 @@ def test_nearest_neighbours_match_a_full_sort():
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)  # [n, d]
     query = rng.standard_normal(16).astype(np.float32)
-    idx, scores = live.top_k(live.similarities(query, vectors), 7)
+    idx, scores = analysis.top_k(analysis.similarities(query, vectors), 7)
     expected = np.argsort(-(vectors @ query))[:7]
     np.testing.assert_array_equal(idx, expected)
     np.testing.assert_allclose(scores, (vectors @ query)[expected], rtol=1e-6)
-    idx_all, _ = live.top_k(live.similarities(query, vectors[:5]), 50)
+    idx_all, _ = analysis.top_k(analysis.similarities(query, vectors[:5]), 50)
     np.testing.assert_array_equal(idx_all, np.argsort(-(vectors[:5] @ query)))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from dashboard import data, live, memcache, state
+from dashboard import analysis, data, memcache, state
 from precompute import derived
 from precompute.errors import InputError
 from precompute.stage_textspan import head_stats
@@ -110,13 +110,13 @@ def test_float16_scores_match_float32_within_the_stated_tolerance(head, cosine):
     ids, vectors = head
     m = state._frozen(ids, vectors)
     query = vectors[17] + 0.01
-    exact = live.similarities(query, vectors, live.row_norms(vectors), cosine)
-    half = live.similarities(query, m.vectors, m.norms, cosine)
+    exact = analysis.similarities(query, vectors, analysis.row_norms(vectors), cosine)
+    half = analysis.similarities(query, m.vectors, m.norms, cosine)
     bound = FP16_TOL * (1.0 if cosine else np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
     assert half.dtype == np.float32 and np.all(np.abs(half - exact) <= bound)
     # the neighbours found are the exact ones, up to swaps between scores closer than the tolerance
-    top_half, _ = live.top_k(half, 20)
-    top_exact, _ = live.top_k(exact, 20)
+    top_half, _ = analysis.top_k(half, 20)
+    top_exact, _ = analysis.top_k(exact, 20)
     assert len(set(top_half) & set(top_exact)) >= 18
     assert np.all(exact[top_half] >= np.sort(exact)[-20] - 2 * np.max(bound))
 
@@ -124,9 +124,9 @@ def test_float16_scores_match_float32_within_the_stated_tolerance(head, cosine):
 def test_float16_row_norms_and_projections_are_widened_correctly(head):
     _, vectors = head
     half = vectors.astype(np.float16)
-    np.testing.assert_allclose(live.row_norms(half), np.linalg.norm(half.astype(np.float32), axis=1), rtol=1e-6)
-    rows16, _ = live.top_along(half, vectors[0], 10, centred=True, mean=vectors.mean(0))
-    rows32, _ = live.top_along(vectors, vectors[0], 10, centred=True)
+    np.testing.assert_allclose(analysis.row_norms(half), np.linalg.norm(half.astype(np.float32), axis=1), rtol=1e-6)
+    rows16, _ = analysis.top_along(half, vectors[0], 10, centred=True, mean=vectors.mean(0))
+    rows32, _ = analysis.top_along(vectors, vectors[0], 10, centred=True)
     assert len(set(rows16) & set(rows32)) >= 9
 
 
@@ -138,13 +138,13 @@ def test_the_stored_summary_gives_the_principal_direction_of_the_vectors(tmp_pat
     stats = head_stats(run.path, 1, 0)
     row = derived.summary_row(1, 0, stats)
     vectors = run.head_vectors[(1, 0)]
-    exact = live.principal_direction(vectors)
+    exact = analysis.principal_direction(vectors)
     assert abs(float(row["principal"] @ exact)) == pytest.approx(1.0, abs=1e-5)  # same axis; the sign comes later
     np.testing.assert_allclose(row["mean"], vectors.mean(0), atol=1e-6)
     cov = np.cov(vectors.T.astype(np.float64), bias=True)
     assert row["principal_variance"] == pytest.approx(np.linalg.eigvalsh(cov)[-1], rel=1e-5)
     assert row["total_variance"] == pytest.approx(np.trace(cov), rel=1e-6)
-    oriented = live.orient(row["principal"], vectors.astype(np.float16), vectors.mean(0))
+    oriented = analysis.orient(row["principal"], vectors.astype(np.float16), vectors.mean(0))
     np.testing.assert_allclose(oriented, exact, atol=1e-4)  # the third-moment sign, from the float16 rows
 
 

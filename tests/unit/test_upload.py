@@ -1,4 +1,7 @@
-"""load_upload: every kind of upload a user can throw at the dashboard, generated in memory."""
+"""load_upload: every kind of upload a user can throw at the dashboard, generated in memory.
+
+The upload goes through the project's one decoder, ``precompute.images.open_image``, under the dashboard's limits.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.live import describe_bytes, load_upload, load_upload_with_notes
+from dashboard.live import load_upload, load_upload_with_notes
+from precompute.images import describe_bytes
 from precompute.errors import InputError
 
 
@@ -134,3 +138,23 @@ def test_not_an_image_says_what_it_looks_like(data, what):
     with pytest.raises(InputError, match="the upload is " + what):
         load_upload(data)
     assert describe_bytes(data).startswith(what)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns; the header check refuses
+def test_a_probe_image_is_skipped_with_the_reason_an_upload_is_refused_with(tmp_path):
+    """One decoder: a bad probe file gets the upload's reason (naming the file, not the upload), never an exception."""
+    from precompute.images import ImageFolderDataset
+
+    good = encode(noise((200, 150)), "PNG")
+    cases = {"doc.jpg": b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n", "empty.png": b"", "cut.png": good[:500],
+             "bomb.png": png_header_only(50_000, 50_000), "big.png": png_header_only(12_000, 9_000)}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "ok.png").write_bytes(good)
+    names = [*cases, "ok.png"]
+    dataset = ImageFolderDataset(tmp_path, names, list(range(len(names))), lambda img: img.size)
+    for i, (name, data) in enumerate(cases.items()):
+        with pytest.raises(InputError) as refused:
+            load_upload(data, max_pixels=100_000_000)
+        assert dataset[i].tensor is None and dataset[i].error == str(refused.value).replace("the upload", "the file")
+    assert dataset[len(cases)].error is None and dataset[len(cases)].tensor == (200, 150)
