@@ -7,17 +7,16 @@ runs come from $CLIP_INTERPRET_DATA_DIR, else ./runs in the current folder.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-
-# Before torch loads OpenMP: threads that spin while waiting collapse when another process holds a core
-# (measured here, ViT-B-32 one image, 2 threads beside a busy job: 1.77 s spinning, 0.17 s passive).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` from a checkout that is not pip-installed
     sys.path.insert(0, str(ROOT))
+
+from precompute.runtime import passive_openmp  # noqa: E402
+
+passive_openmp()  # before anything loads torch
 
 import streamlit as st  # noqa: E402
 

@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
-# Before torch loads OpenMP: spinning waits collapse when another process holds one of the 2 cores
-# (training 2-3x slower, a ViT-B-32 forward 10x slower measured here); idle-machine cost is a few percent.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from precompute.runtime import passive_openmp
+
+passive_openmp()  # before anything loads torch
 
 import typer  # noqa: E402
 

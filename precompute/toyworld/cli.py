@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from precompute.runtime import passive_openmp
 from precompute.toyworld.captions import ATTRIBUTE_NAMES
 
-# Spinning OpenMP threads make training 2-3x slower when another process shares the 2 cores (measured;
-# ~8% slower on an idle machine). libgomp reads this once, when torch loads, so it only takes effect if
-# torch was not imported before this module.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+passive_openmp()  # takes effect only if torch was not imported before this module
 
 app = typer.Typer(help="The toy world: procedural images with known attributes and the small CLIP models trained on them.")
 
