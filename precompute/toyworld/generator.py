@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from precompute.errors import InputError
 from precompute.schema import ATTRIBUTES_FILE
+from precompute.store import write_table_atomic
 from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, NO_DROPOUT, TEMPLATES, CaptionDropout, caption
 
 IMAGE_SIZE = 64
@@ -290,7 +290,7 @@ def _is_probe_set(out: Path) -> bool:
     """Does this folder hold only a probe set written by write_probe_set?"""
     shapes = set(ATTRIBUTES["shape"])
     for child in out.iterdir():
-        if child.name == ATTRIBUTES_FILE or child.name.startswith(".probe-"):
+        if child.name == ATTRIBUTES_FILE or child.name.startswith((".probe-", f".{ATTRIBUTES_FILE}.")):  # + temp files
             continue
         if not (child.is_dir() and child.name in shapes and all(p.suffix == ".png" for p in child.iterdir())):
             return False
@@ -330,7 +330,5 @@ def write_probe_set(out_dir: str | Path, n: int, seed: int, progress: bool = Fal
             rows.append({"path": rel, **record, "caption": text})
         bar.update(len(batch))
     bar.close()
-    tmp = out / ".probe-attributes.parquet.tmp"
-    pq.write_table(_probe_table(rows), tmp)
-    tmp.replace(out / ATTRIBUTES_FILE)
+    write_table_atomic(out / ATTRIBUTES_FILE, _probe_table(rows))
     return out / ATTRIBUTES_FILE

@@ -19,6 +19,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from precompute import metrics, registry
 from precompute.errors import InputError, ModelError
 from precompute.paths import CONFIG_DIR, MODELS_DIR
+from precompute.store import write_json_atomic
 from precompute.textenc import encode_texts
 from precompute.toyworld.captions import ATTRIBUTE_NAMES, ATTRIBUTES, PROMPTS, prompts
 from precompute.toyworld.generator import render_batch
@@ -77,7 +78,7 @@ def export(model: torch.nn.Module, name: str, out: Path) -> Path:
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "open_clip_model.safetensors"))
     os.chmod(out / "open_clip_model.safetensors", 0o644)  # safetensors writes 0600; these are shipped files
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
+    write_json_atomic(out / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
     return out
 
 

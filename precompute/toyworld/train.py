@@ -14,9 +14,8 @@ the same data as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
 import random
 import signal
 import subprocess
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from precompute.errors import InputError
+from precompute.store import write_bytes_atomic, write_json_atomic
 from precompute.toyworld.captions import CaptionDropout
 from precompute.toyworld.generator import render_batch
 from precompute.toyworld.losses import AuxHeads, contrastive_loss, match_matrix
@@ -107,9 +107,9 @@ def _recipe(cfg: TrainConfig) -> dict:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _rng_state() -> dict:
@@ -298,9 +298,7 @@ def train_and_export(cfg: TrainConfig, out: Path, work: Path, fresh: bool = Fals
         raise InputError(f"training stopped early at step {state.step}; rerun the same command to resume from {work}")
     export(model, cfg.model, out)
     record = training_record(cfg, state, model, evaluate(out))
-    tmp = out / ".training_record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / "training_record.json")
+    write_json_atomic(out / "training_record.json", record)
     return record
 
 

@@ -181,3 +181,12 @@ def test_cli_images_writes_a_probe_set(tmp_path):
     for command in ("images", "train", "evaluate"):
         help_text = CliRunner().invoke(app, [command, "--help"]).output
         assert "--" in help_text and "Show this message" in help_text
+
+
+def test_a_killed_attribute_write_leaves_a_folder_that_is_still_a_probe_set(tmp_path):
+    out = tmp_path / "probe"
+    write_probe_set(out, 4, seed=0)
+    (out / ".attributes.parquet.abc123.tmp").write_bytes(b"half a parquet")  # store's temp name, write killed
+    write_probe_set(out, 4, seed=0)  # recognised and replaced, not refused as a foreign folder
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["attributes.parquet"]
+    assert len(pq.read_table(out / "attributes.parquet")) == 4
