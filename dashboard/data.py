@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 
 from dashboard.rundirs import discover_runs
-from dashboard.user_sql import run_user_sql  # noqa: F401  (the documented entry point: dashboard.data.run_user_sql)
 from dashboard.views import VIEW_SCHEMAS, create_views
 from precompute import derived, schema, store
 from precompute.errors import InputError
