@@ -1,4 +1,4 @@
-"""A least-recently-used cache bounded in bytes, shared by every session of the server. No streamlit.
+"""The dashboard's caches that are not Streamlit's: an LRU bounded in bytes, and a cache by version. No streamlit.
 
 ``st.cache_resource`` bounds a cache by entries, but one head matrix of a 50,000-image
 run is 51 MB in float16 and a toy run's is a few KB: only a cap in bytes keeps the
@@ -10,6 +10,10 @@ returned but not kept. Values are shared between threads: treat them as read-onl
 
 The dashboard keeps one such cache per server for head matrices; its cap is
 $CLIP_INTERPRET_CACHE_MB MiB (``capacity_from``, default 128).
+
+``VersionedCache.get(key, version, build)`` keeps one value per key while its version
+is unchanged and builds a new one when it changes: the SQL page's sandbox of a data
+folder, rebuilt when the runs found on disk change (``dashboard.user_sql``).
 """
 
 from __future__ import annotations
@@ -154,3 +158,23 @@ class ByteCache:
         with self._lock:
             self._items.clear()
             self._size = 0
+
+
+class VersionedCache:
+    """One value per key, kept while the key's ``version`` compares equal and rebuilt when it changes; thread-safe.
+
+    Builds run under one lock, so concurrent callers get the same value and a value is built once per version.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, tuple[Any, Any]] = {}  # key -> (version, value)
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, version: Any, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            cached = self._items.get(key)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            value = build()
+            self._items[key] = (version, value)
+            return value

@@ -26,7 +26,9 @@ with a message for the user. Safety on a shared server comes in three layers:
    ``SELECT * FROM (<text>) LIMIT n`` wrapping, which a comment could break).
 
 The sandbox is cached per data directory and rebuilt when the runs found on disk
-change (a manifest rewritten, a run or a Parquet file added or removed).
+change (a manifest rewritten, a run or a Parquet file added or removed): a
+``memcache.VersionedCache``, not ``st.cache_resource``, because this module serves
+Python callers and tests without Streamlit.
 
 A result's schema metadata says whether the row limit cut it:
 ``{b"truncated": b"true" | b"false", b"row_limit": b"<n>"}``; see ``is_truncated``.
@@ -40,6 +42,7 @@ import threading
 import duckdb
 import pyarrow as pa
 
+from dashboard.memcache import VersionedCache
 from dashboard.rundirs import Discovery, discover_runs
 from dashboard.views import VIEW_SCHEMAS, create_views, literal
 from precompute.errors import InputError, QueryError
@@ -69,8 +72,7 @@ VIEWS_HINT = (
 _STATEMENT_NAMES = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "CALL": "CALL/CHECKPOINT",
                     "MULTI": "PIVOT (a multi-statement query)", "TRANSACTION": "BEGIN/COMMIT/ROLLBACK"}
 
-_SANDBOXES: dict[str, tuple[Discovery, duckdb.DuckDBPyConnection]] = {}
-_SANDBOX_LOCK = threading.Lock()
+_SANDBOXES = VersionedCache()  # data_dir -> the sandbox over the runs found there (the version)
 
 
 def run_user_sql(sql: str, data_dir: str | os.PathLike, *, row_limit: int = 10_000,
@@ -125,13 +127,7 @@ def sandbox(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
         found = discover_runs(data_dir)
     except InputError as e:
         raise QueryError(str(e)) from None
-    with _SANDBOX_LOCK:
-        cached = _SANDBOXES.get(found.data_dir)
-        if cached is not None and cached[0] == found:
-            return cached[1]
-        con = open_sandbox(found)
-        _SANDBOXES[found.data_dir] = (found, con)
-        return con
+    return _SANDBOXES.get(found.data_dir, found, lambda: open_sandbox(found))
 
 
 def open_sandbox(found: Discovery) -> duckdb.DuckDBPyConnection:

@@ -162,3 +162,20 @@ def test_the_dashboard_reads_a_current_summary_and_ignores_a_stale_one(tmp_path)
     manifest["stages"]["decompose"]["key"] = "k2"  # decomposed again since: the summary is stale
     (run.path / "manifest.json").write_text(json.dumps(manifest))
     assert data.head_summaries(data.connect(tmp_path), "r") == {}
+
+
+def test_versioned_cache_builds_once_per_version_however_many_threads_ask():
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache, builds = memcache.VersionedCache(), []
+
+    def build(version):
+        builds.append(version)
+        return object()
+
+    with ThreadPoolExecutor(8) as pool:
+        first = set(pool.map(lambda _: cache.get("dir", "v1", lambda: build("v1")), range(32)))
+    assert len(first) == 1 and builds == ["v1"]
+    assert cache.get("dir", "v1", lambda: build("v1")) in first
+    assert cache.get("dir", "v2", lambda: build("v2")) not in first and builds == ["v1", "v2"]
+    assert cache.get("other", "v2", lambda: build("v2")) is not cache.get("dir", "v2", lambda: build("v2"))
