@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 
-MIXED = "mixed"
+from precompute.labels import MIXED
+
 MIXED_COLOUR = "#c7c7c7"
 TABLEAU20 = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
              "#9d755d", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
