@@ -65,7 +65,7 @@ def test_decompose_end_to_end_on_cuda_matches_the_cpu(tmp_path):
 def test_a_live_analysis_runs_on_cuda():
     from PIL import Image
 
-    from dashboard import live
+    from dashboard import analysis, live
     from precompute.decompose import Decomposer
     from precompute.registry import ModelSpec, WeightsSource, load_model
     from precompute.textenc import encode_texts
@@ -76,6 +76,6 @@ def test_a_live_analysis_runs_on_cuda():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     result = live.decompose_image(loaded, decomposer, image)
     text = encode_texts(loaded, ["a photo of a dog"])[0]
-    maps = live.head_maps(result, text)
+    maps = analysis.head_maps(result, text)
     assert maps.shape == (4, 12, 7, 7) and np.isfinite(maps).all()
     assert np.allclose(maps.sum((2, 3)), result.tokens[..., 1:, :].sum(2) @ text, atol=1e-4)
