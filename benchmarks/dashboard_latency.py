@@ -55,9 +55,9 @@ from PIL import Image  # noqa: E402
 from dashboard import data, live, overlay  # noqa: E402
 
 try:
-    from dashboard import analysis  # noqa: E402
-except ImportError:  # an exported revision from before dashboard/analysis.py, whose live.py held the maths
-    analysis = live
+    from dashboard import analysis, upload  # noqa: E402
+except ImportError:  # an exported revision from before dashboard/analysis.py and upload.py: live.py held both
+    analysis = upload = live
 from precompute import paths  # noqa: E402
 from precompute.decompose import Decomposer  # noqa: E402
 from precompute.registry import ModelSpec, WeightsSource, load_model  # noqa: E402
@@ -159,7 +159,7 @@ def upload_analysis(ids: np.ndarray, vectors: np.ndarray, repeats: int) -> dict:
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "PNG")
         raw = buf.getvalue()
         t = [time.perf_counter()]
-        img = live.load_upload(raw)
+        img = upload.load_upload(raw)
         t.append(time.perf_counter())
         li = live.decompose_image(loaded, decomposer, img)
         t.append(time.perf_counter())

@@ -14,12 +14,12 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from dashboard import data, live, state, urlstate
+from dashboard import data, live, state, upload, urlstate
 from dashboard.widgets import RunContext, fail, thumbnail_grid
 from precompute.errors import InputError
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
-UPLOAD_MB = live.MAX_UPLOAD_BYTES // 2**20
+UPLOAD_MB = upload.MAX_UPLOAD_BYTES // 2**20
 _UPLOAD = "_upload"  # session: {"name", "data", "digest"} of the last upload
 BROWSE_PAGE = 24
 
@@ -96,7 +96,7 @@ def _upload(prefix: str) -> QueryImage | None:
         st.info("Upload an image to analyse it, or switch to a dataset image.")
         st.stop()
     try:
-        img, notes = live.load_upload_with_notes(kept["data"])
+        img, notes = upload.load_upload_with_notes(kept["data"])
     except InputError as e:
         st.session_state.pop(_UPLOAD, None)
         fail(InputError(f"{kept['name']}: {e}"))
@@ -149,7 +149,7 @@ def pil_image(ctx: RunContext, q: QueryImage) -> tuple[Image.Image, str, list[st
     A dataset image whose file is gone (a run made elsewhere) falls back to its stored thumbnail.
     """
     if not q.is_dataset:
-        img, notes = live.load_upload_with_notes(q.data)
+        img, notes = upload.load_upload_with_notes(q.data)
         return img, hashlib.sha256(q.data).hexdigest(), notes
     meta = state.image_table(ctx.cat, ctx.name)
     rel = meta.loc[meta["image_id"] == q.image_id, "path"].iloc[0]
@@ -157,10 +157,10 @@ def pil_image(ctx: RunContext, q: QueryImage) -> tuple[Image.Image, str, list[st
     path = Path(root) / rel
     if root and path.is_file():
         raw = path.read_bytes()
-        img, notes = live.load_upload_with_notes(raw)
+        img, notes = upload.load_upload_with_notes(raw)
         return img, hashlib.sha256(raw).hexdigest(), notes
     thumb = data.thumbnails(ctx.con, ctx.name, [q.image_id])[0]
-    img, _ = live.load_upload_with_notes(thumb)
+    img, _ = upload.load_upload_with_notes(thumb)
     return img, hashlib.sha256(thumb).hexdigest(), [f"the original file {path} is not on this machine: "
                                                     "the stored thumbnail is used (lower resolution)"]
 

@@ -1,9 +1,8 @@
-"""Live analysis of an uploaded image: upload -> RGB image -> preprocess -> decomposition -> terms as numpy.
+"""The live decomposition of one image (an upload or a dataset image's file): preprocess -> Decomposer -> numpy.
 
-No streamlit here: pages call these functions and show ``InterpretError`` messages with ``st.error``; the
-caller (``dashboard.state``) holds the model's lock around anything that runs the model. An upload is decoded
-by the project's one decoder (``precompute.images.open_image``), exactly as a probe image is, under the
-dashboard's own limits. The analyses' maths over these terms is ``dashboard.analysis``.
+No streamlit here; the caller (``dashboard.state``) holds the model's lock around anything that runs the
+model. Uploads reach it through ``dashboard.upload`` (the one decoder, ``precompute.images.open_image``);
+the analyses' maths over its terms is ``dashboard.analysis``.
 """
 
 from __future__ import annotations
@@ -18,25 +17,7 @@ from PIL import Image
 # dashboard.analysis, and this import goes once state.py imports them from there.
 from dashboard.analysis import orient, principal_direction, row_norms  # noqa: F401
 from precompute.decompose import Decomposer
-from precompute.images import open_image
 from precompute.registry import LoadedModel
-
-# --------------------------------------------------------------------------- uploads
-
-MAX_UPLOAD_BYTES = 20 * 2**20  # the same limit as server.maxUploadSize in dashboard/.streamlit/config.toml
-MAX_UPLOAD_PIXELS = 40_000_000
-
-
-def load_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
-    """The upload as an RGB image ready for preprocessing; InputError with the reason otherwise."""
-    return load_upload_with_notes(data, max_bytes=max_bytes, max_pixels=max_pixels)[0]
-
-
-def load_upload_with_notes(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES,
-                           max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[Image.Image, list[str]]:
-    """(RGB image, notes for the user, e.g. 'animated GIF: first frame used'); InputError otherwise."""
-    return open_image(bytes(data), max_pixels=max_pixels, max_bytes=max_bytes, subject="the upload")
-
 
 # --------------------------------------------------------------------------- decomposition of one image
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit import config
 
-from dashboard import imagesource, live
+from dashboard import imagesource, upload
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
@@ -26,6 +26,6 @@ def as_streamlit_run(monkeypatch):
 def test_the_script_level_config_sets_the_upload_limit_the_upload_check_uses(as_streamlit_run):
     limit_mb = as_streamlit_run.get_option("server.maxUploadSize")
     assert limit_mb == 20
-    assert limit_mb * 2**20 == live.MAX_UPLOAD_BYTES
+    assert limit_mb * 2**20 == upload.MAX_UPLOAD_BYTES
     assert imagesource.UPLOAD_MB == limit_mb  # the widget's own limit says the same
     assert as_streamlit_run.get_option("browser.gatherUsageStats") is False

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.live import load_upload, load_upload_with_notes
+from dashboard.upload import load_upload, load_upload_with_notes
 from precompute.images import describe_bytes
 from precompute.errors import InputError
 
