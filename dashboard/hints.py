@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from precompute.schema import STAGES
+from precompute.weights import WeightsSource
 
 WHAT = {
     "decompose": "head vectors",
@@ -20,13 +21,17 @@ WHAT = {
 }
 
 
-def weights_args(pretrained: str | None) -> list[str]:
-    """The run's weights (manifest ``model.pretrained``) as `clip-interpret` options."""
-    p = pretrained or ""
-    if p.startswith("random-init"):
-        seed = p.rsplit("seed=", 1)[-1] if "seed=" in p else "0"
-        return ["--random-init", "--seed", seed]
-    return ["--pretrained", p] if p else ["--pretrained", "WEIGHTS"]
+def weights_args(record: object) -> list[str]:
+    """The run's weights (the manifest's ``model.weights`` record) as `clip-interpret` options."""
+    try:
+        source = WeightsSource.from_record(record)  # type: ignore[arg-type]
+    except ValueError:
+        return ["--pretrained", "WEIGHTS"]
+    if source.kind == "none":
+        return ["--random-init", "--seed", str(source.value)]
+    if source.kind == "shipped":
+        return []  # a shipped model's default weights
+    return ["--pretrained", source.describe()]
 
 
 def run_command(manifest: Mapping, run_dir: str) -> str:
@@ -35,7 +40,7 @@ def run_command(manifest: Mapping, run_dir: str) -> str:
     images = manifest.get("images") if isinstance(manifest.get("images"), Mapping) else {}
     layers = manifest.get("layers")
     args = ["clip-interpret", "run", "--model", str(model.get("architecture") or "ARCH"),
-            *weights_args(model.get("pretrained")), "--images", str(images.get("root") or "FOLDER")]
+            *weights_args(model.get("weights")), "--images", str(images.get("root") or "FOLDER")]
     if isinstance(layers, list) and layers:
         args += ["--layers", ",".join(map(str, layers))]
     return shlex.join(args + ["--out", run_dir])

@@ -3,8 +3,9 @@
 ``create_views(con, discover_runs(data_dir))`` makes, in any DuckDB connection:
 
 Main schema
-    runs           one row per run: run, run_id, architecture, pretrained, embed_dim,
-                   layers INTEGER[], heads, image_count, stages VARCHAR[], path, manifest
+    runs           one row per run: run, run_id, architecture, pretrained (the weights,
+                   ``WeightsSource.describe()``), embed_dim, layers INTEGER[], heads,
+                   image_count, stages VARCHAR[], path, manifest (JSON, the current form)
     run_problems   path, problem: runs skipped and tables that could not be read
     images, image_embeddings, head_vectors, texts, head_texts, head_spans,
     head_summary, head_labels, head_scores, model_scores
@@ -43,12 +44,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
 
 from dashboard.rundirs import VECTOR_COLUMNS, Discovery, Run, get
-from precompute import schema, store
+from precompute import schema, store, weights
 
 # View name -> Arrow schema, in the order views are created and listed.
 VIEW_SCHEMAS: dict[str, pa.Schema] = {
@@ -209,7 +211,7 @@ def run_row(run: Run) -> tuple:
     layers = get(m, "layers", kind=list)
     return (
         run.name, get(m, "run_id", kind=str), get(m, "model", "architecture", kind=str),
-        get(m, "model", "pretrained", kind=str), run.dim,
+        weights.describe_record(get(m, "model", "weights", kind=Mapping)), run.dim,
         [v for v in layers if isinstance(v, int)] if layers is not None else None,
         get(m, "heads", kind=int), get(m, "images", "count", kind=int), store.stages_done(m), run.path,
         json.dumps(m, default=str),

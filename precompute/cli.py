@@ -321,7 +321,7 @@ def run(
     quiet: Quiet = False,
 ):
     """Decompose, TEXTSPAN, label and score in one go; stages whose output is current are skipped."""
-    from precompute import pipeline
+    from precompute import pipeline, registry
     from precompute.errors import InputError
     from precompute.stage_decompose import DecomposeOptions
     from precompute.stage_textspan import TextspanOptions
@@ -342,7 +342,7 @@ def run(
         requests = pipeline.default_requests(base, progress=not quiet)
     else:
         if images is None:
-            if not model.startswith(pipeline.TOY_PREFIX):
+            if registry.model_defaults(model).probe is None:
                 raise InputError(f"--images is needed for {model}; only toy models default to the toy-world probe set")
             base = dataclasses.replace(base, images=pipeline.ensure_default_probe(not quiet))
         requests = [dataclasses.replace(base, out=out or default_out(model, pretrained, random_init))]

@@ -23,7 +23,6 @@ from precompute.stage_textspan import TextspanOptions, run_textspan
 
 DEFAULT_PROBE_N = 5000
 DEFAULT_PROBE_SEED = 0
-TOY_PREFIX = "toy-"
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,12 @@ class StageReport:
 
 
 def default_pool(model: str) -> str:
-    return "toyworld" if model.startswith(TOY_PREFIX) else "general"
+    return registry.model_defaults(model).pool
 
 
 def toy_models() -> list[str]:
     """Project toy models whose weights are shipped, smallest first."""
-    order = {"s": 0, "m": 1, "l": 2}
-    names = [m for m in registry.project_models() if m.startswith(TOY_PREFIX) and registry.shipped_weights_dir(m)]
-    return sorted(names, key=lambda m: (order.get(m.removeprefix(TOY_PREFIX), 9), m))
+    return registry.shipped_toy_models()
 
 
 def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Path:
@@ -137,11 +134,15 @@ def _line(r: StageReport) -> str:
 
 
 def loaded_for_run(run_dir: Path, device: str = "auto") -> registry.LoadedModel:
-    """The model a run was made with, or a RunDirError saying why it is not available here."""
+    """The model a run was made with, or a RunDirError saying why it is not available here.
+
+    Rebuilt as the dashboard rebuilds it (``state.model_spec``, ``state.model_bundle``): the manifest's
+    record through ``registry.spec_from_manifest``, then ``registry.load_model``.
+    """
     manifest = store.read_manifest(Path(run_dir))
     if manifest is None:
         raise RunDirError(f"{run_dir} is not a run folder (no {schema.MANIFEST})")
-    spec, why = registry.spec_from_manifest(manifest.get("model", {}), device)
+    spec, why = registry.spec_from_manifest(manifest.get("model") or {}, device)
     if spec is None:
         raise RunDirError(f"{run_dir}: {why}")
     return registry.load_model(spec)

@@ -3,10 +3,12 @@
 Architecture and weights are two axes, as in ``open_clip.create_model(name,
 pretrained=...)``. Weights come from a pretrained tag (online, or already in the
 Hugging Face cache), a local file (.safetensors / .bin / .pt / .pth, loaded with
-``weights_only``), an open_clip ``local-dir:`` folder, or nothing (random init,
-for tests and benchmarks). The project registers its own configs (tiny test
-models, toy-world models) from ``precompute/model_configs/``; toy models default
-to the weights shipped under ``data/models/<name>/`` (``paths.MODELS_DIR``).
+``weights_only``), an open_clip ``local-dir:`` folder, the package's shipped
+weights, or nothing (random init, for tests and benchmarks): ``precompute.weights``,
+which also defines the record a run's manifest keeps. The project registers its own
+configs (tiny test models, toy-world models) from ``precompute/model_configs/``; toy
+models default to the weights shipped under ``data/models/<name>/``
+(``paths.MODELS_DIR``), and to the toy-world pool and probe set (``MODEL_DEFAULTS``).
 
 Models are built exactly as open_clip builds them (stock blocks and their fused
 attention kernel); the decomposition only adds hooks.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import os
 import socket
@@ -24,32 +25,15 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Mapping
 
 import torch
 
 from precompute.errors import InputError, ModelError, OfflineError
-from precompute.paths import CONFIG_DIR, MODELS_DIR
+from precompute.paths import CONFIG_DIR
+from precompute.weights import WEIGHT_SUFFIXES, WeightsSource, file_sha256, shipped_weights_dir  # noqa: F401
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HUB_HOST = ("huggingface.co", 443)
-
-WeightsKind = Literal["tag", "file", "local-dir", "none"]
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a model's weights come from."""
-
-    kind: WeightsKind
-    value: str | None = None  # the tag, an absolute path, or the seed of a random init
-
-    def describe(self) -> str:
-        if self.kind == "none":
-            return f"random-init:seed={self.value or 0}"
-        if self.kind == "local-dir":
-            return f"local-dir:{self.value}"
-        return str(self.value)
 
 
 @dataclass(frozen=True)
@@ -121,9 +105,25 @@ def known_tags(architecture: str) -> list[str]:
     return list(open_clip.list_pretrained_tags_by_model(architecture))
 
 
-def shipped_weights_dir(architecture: str) -> Path | None:
-    d = MODELS_DIR / architecture
-    return d if (d / "open_clip_config.json").is_file() else None
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model runs on when the user does not say."""
+
+    pool: str = "general"  # the text pool of the textspan stage
+    probe: str | None = None  # the generated probe set (``paths.probe_dir(probe)``); None: --images is needed
+
+
+TOY_WORLD = ModelDefaults(pool="toyworld", probe="toyworld")
+MODEL_DEFAULTS = {"toy-s": TOY_WORLD, "toy-m": TOY_WORLD, "toy-l": TOY_WORLD}  # the toy models, smallest first
+
+
+def model_defaults(architecture: str) -> ModelDefaults:
+    return MODEL_DEFAULTS.get(architecture, ModelDefaults())
+
+
+def shipped_toy_models() -> list[str]:
+    """The models that default to the toy-world probe set and whose weights are shipped, smallest first."""
+    return [m for m, d in MODEL_DEFAULTS.items() if d.probe == TOY_WORLD.probe and shipped_weights_dir(m)]
 
 
 def _builtin_config(architecture: str) -> dict:
@@ -201,9 +201,8 @@ def parse_weights(architecture: str, pretrained: str | None, random_init: bool =
         return WeightsSource("none", str(seed))
     if not pretrained:
         _builtin_config(architecture)  # an unknown name gets its close matches before any talk of weights
-        shipped = shipped_weights_dir(architecture)
-        if shipped is not None:
-            return WeightsSource("local-dir", str(shipped))
+        if shipped_weights_dir(architecture) is not None:
+            return WeightsSource("shipped", architecture)
         tags = known_tags(architecture)
         tag_hint = f" (known tags: {', '.join(tags)})" if tags else ""
         raise InputError(
@@ -276,14 +275,6 @@ def _cached_tag_file(architecture: str, tag: str) -> str | None:
     return None
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         if torch.cuda.is_available():
@@ -312,9 +303,10 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def model_config(architecture: str, weights: WeightsSource) -> dict:
-    """The config the model will be built from (a local-dir folder's own config wins)."""
-    if weights.kind == "local-dir":
-        return _local_dir_config(Path(weights.value))
+    """The config the model will be built from (a local-dir or shipped folder's own config wins)."""
+    folder = weights.folder()
+    if folder is not None:
+        return _local_dir_config(folder)
     return _builtin_config(architecture)
 
 
@@ -330,8 +322,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     kwargs: dict[str, Any] = dict(precision=precision, device=device)
     sha = None
     w = spec.weights
-    if w.kind == "local-dir":
-        name, pretrained = f"local-dir:{w.value}", None
+    if w.folder() is not None:
+        name, pretrained = f"local-dir:{w.folder()}", None
     else:
         name, pretrained = spec.architecture, None
         if w.kind == "file":
@@ -363,8 +355,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise ModelError(f"could not load {spec.architecture} with weights {w.describe()}: {e}") from e
     model.eval()
     _check_precision_supported(model, spec.architecture, precision)
-    if w.kind in ("file", "local-dir"):
-        ckpt = w.value if w.kind == "file" else _local_dir_checkpoint(Path(w.value))
+    if w.kind in ("file", "local-dir", "shipped"):
+        ckpt = w.checkpoint()
         sha = file_sha256(ckpt) if ckpt else None
     elif w.kind == "tag" and pretrained and os.path.isfile(str(pretrained)):
         sha = file_sha256(pretrained)
@@ -380,15 +372,6 @@ def _check_precision_supported(model: Any, architecture: str, precision: str) ->
     if any(getattr(b.ls_1, "gamma", None) is not None for b in blocks):
         raise ModelError(f"{architecture} has layer scale, which open_clip cannot run in {precision} "
                          "(its low-precision cast leaves the gains in float32); use --precision fp32")
-
-
-def _local_dir_checkpoint(path: Path) -> str | None:
-    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                 "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return str(path / name)
-    found = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    return str(found[0]) if found else None
 
 
 def model_info(model: Any) -> ModelInfo:
@@ -459,31 +442,32 @@ def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(chosen)))
 
 
-def spec_from_manifest(model: dict, device: str = "auto") -> tuple[ModelSpec | None, str | None]:
-    """Rebuild the ModelSpec of a run (its manifest's ``model`` record), or say why its weights are unavailable.
+def spec_from_manifest(model: Mapping, device: str = "auto") -> tuple[ModelSpec | None, str | None]:
+    """The ModelSpec of a run (its manifest's ``model`` record, ``weights.migrate_model_record``'s form), or
+    (None, why its weights are not available here).
 
-    A run made on another machine may name a local path that does not exist here; a
-    toy model's shipped weights are found again by name, and the checkpoint must have
-    the sha256 the run recorded.
+    The one way back from a manifest to a model: the precompute (``pipeline.loaded_for_run``) and the
+    dashboard (``state.model_spec``) both rebuild through it. A checkpoint must have the sha256 the run
+    recorded; a path of another machine is reported, not guessed.
     """
     arch = model.get("architecture")
-    kind = model.get("weights_kind")
-    pretrained = str(model.get("pretrained", ""))
-    if not arch or kind not in ("tag", "file", "local-dir", "none"):
+    if not arch or "weights" not in model:
         return None, "the run's manifest does not say which weights it used"
-    if kind == "none":
-        seed = pretrained.rsplit("seed=", 1)[-1] if "seed=" in pretrained else "0"
-        return ModelSpec(arch, WeightsSource("none", seed), device), None
-    if kind == "tag":
-        return ModelSpec(arch, WeightsSource("tag", pretrained), device), None
-    path = Path(pretrained.removeprefix("local-dir:"))
-    if not path.exists():
-        shipped = shipped_weights_dir(path.name) if kind == "local-dir" else None
-        if shipped is None:
-            return None, f"the run's weights {path} are not on this machine"
-        path = shipped
-    expected = model.get("weights_sha256")
-    ckpt = _local_dir_checkpoint(path) if kind == "local-dir" else str(path)
+    try:
+        source = WeightsSource.from_record(model["weights"])
+    except ValueError as e:
+        return None, f"the run's manifest: {e}"
+    spec = ModelSpec(arch, source, device)
+    if source.kind in ("none", "tag"):
+        return spec, None
+    folder = source.folder()
+    where = Path(str(source.value)) if folder is None else folder
+    if not where.exists():
+        if source.kind == "shipped":
+            return None, f"the run's weights are the shipped {source.value}, which this installation does not ship"
+        return None, f"the run's weights {where} are not on this machine"
+    expected = model["weights"].get("sha256")
+    ckpt = source.checkpoint()
     if expected and ckpt and file_sha256(ckpt) != expected:
-        return None, f"the weights at {path} differ from the ones the run was made with (sha256 mismatch)"
-    return ModelSpec(arch, WeightsSource(kind, str(path)), device), None
+        return None, f"the weights at {where} differ from the ones the run was made with (sha256 mismatch)"
+    return spec, None

@@ -26,6 +26,7 @@ from precompute.decompose import Decomposer
 from precompute.errors import RunDirError
 from precompute.images import Batch, ImageFolderDataset, PixelPipeline, collate, discover, split_preprocess
 from precompute.registry import LoadedModel, parse_layers
+from precompute.weights import WeightsSource, legacy_pretrained
 
 STAGE = "decompose"
 
@@ -68,14 +69,11 @@ def versions() -> dict:
 
 
 def model_record(loaded: LoadedModel) -> dict:
-    """What identifies the model of a run (compared on resume) plus its geometry."""
-    w = loaded.spec.weights
+    """The manifest's ``model``: what identifies the model (compared on resume) plus its geometry."""
     info = loaded.info
     return {
         "architecture": loaded.spec.architecture,
-        "pretrained": w.describe(),
-        "weights_kind": w.kind,
-        "weights_sha256": loaded.weights_sha256,
+        "weights": loaded.spec.weights.record(loaded.weights_sha256),
         "precision": loaded.spec.precision,
         "embed_dim": info.embed_dim,
         "layers_total": info.layers,
@@ -90,7 +88,16 @@ def model_record(loaded: LoadedModel) -> dict:
 
 
 def _identity(model: dict) -> dict:
-    return {k: model[k] for k in ("architecture", "pretrained", "weights_sha256")}
+    """What makes two runs' models the same: the architecture and the weights record (sha256 included)."""
+    return {"architecture": model.get("architecture"), "weights": model.get("weights")}
+
+
+def _plan_identity(model: dict) -> dict:
+    """The model as the decompose plan (and so its key) names it: the form manifests had before the weights
+    record, so that a run made then is still current (``weights.legacy_pretrained``)."""
+    w = model["weights"]
+    return {"architecture": model["architecture"],
+            "pretrained": legacy_pretrained(WeightsSource.from_record(w)), "weights_sha256": w.get("sha256")}
 
 
 def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | None:
@@ -104,10 +111,10 @@ def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | Non
         if any(p for p in run_dir.iterdir() if not p.name.endswith(store.TEMP_SUFFIX)):
             raise RunDirError(f"--out {run_dir} exists, is not empty and is not a run folder; pick another --out")
         return None
-    theirs = _identity(manifest.get("model", {})) if "model" in manifest else {}
+    theirs = _identity(manifest.get("model") or {})
     ours = _identity(model)
     if theirs != ours:
-        diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k])
+        diff = ", ".join(f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k])
         raise RunDirError(f"{run_dir} holds a run of another model ({diff}); pick another --out")
     if manifest.get("layers") != layers:
         raise RunDirError(
@@ -129,7 +136,7 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
 
     plan = {
         "images_root": str(root), "limit": opts.limit, "chunk_size": opts.chunk_size, "layers": layers,
-        "model": _identity(model),
+        "model": _plan_identity(model),
         "paths": [e.path for e in found.entries], "labels": [e.label for e in found.entries],
     }
     key = store.plan_key({k: v for k, v in plan.items() if k != "chunk_size"})

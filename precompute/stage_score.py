@@ -28,6 +28,7 @@ from precompute.errors import RunDirError
 from precompute.registry import LoadedModel
 from precompute.stage_textspan import read_picks, read_spans
 from precompute.textspan import reconstruct
+from precompute.weights import describe_record
 
 STAGE = "score"
 NOT_ATTRIBUTES = {"path", "caption", "image_id", "label"}
@@ -177,7 +178,7 @@ def _write(run_dir: Path, manifest: dict, scores, model) -> None:
     head_rows = {name: [getattr(s, name) for s in scores] for name in schema.HEAD_SCORES.names}
     store.write_table_atomic(run_dir / schema.HEAD_SCORES_FILE, pa.Table.from_pydict(head_rows, schema=schema.HEAD_SCORES))
     m = manifest["model"]
-    row = {"run": run_dir.name, "model": m["architecture"], "pretrained": m["pretrained"],
+    row = {"run": run_dir.name, "model": m["architecture"], "pretrained": describe_record(m["weights"]),
            "layers": ",".join(str(x) for x in manifest["layers"]),
            **{f: getattr(model, f) for f in schema.MODEL_SCORES.names if hasattr(model, f)}}
     store.write_table_atomic(run_dir / schema.MODEL_SCORES_FILE,

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from precompute import schema
 from precompute.errors import RunDirError
+from precompute.weights import migrate_model_record
 
 WORK_DIR = "_work"
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
@@ -128,7 +129,12 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dim: int | None = None)
 
 
 def parse_manifest(path: Path) -> dict:
-    """The manifest at ``path``, or a RunDirError saying what is wrong with it (without the path)."""
+    """The manifest at ``path`` in the current form, or a RunDirError saying what is wrong with it (no path).
+
+    Migrated on read, never rewritten here: a manifest written before the weights record has its
+    ``model`` turned into the record (``weights.migrate_model_record``); the next stage that finishes
+    writes the current form.
+    """
     try:
         manifest = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -141,6 +147,8 @@ def parse_manifest(path: Path) -> dict:
     if version != schema.SCHEMA_VERSION:
         found = "no schema version" if version is None else f"schema version {version!r}"
         raise RunDirError(f"{found}; this version reads version {schema.SCHEMA_VERSION}, re-run into a new folder")
+    if isinstance(manifest.get("model"), dict):
+        manifest["model"] = migrate_model_record(manifest["model"])  # the weights as a record (weights.py)
     return manifest
 
 

@@ -137,7 +137,7 @@ def test_live_analyses_say_why_they_are_off(app):
     no_exceptions(at)
     text = all_text(at)
     assert "Live analyses are off for run **synth/full**" in text
-    assert "does not say which weights it used" in text
+    assert "the run's weights /weights/synth/full.safetensors are not on this machine" in text
     at = app("property_nn", run="synth/full", src="upload")
     at.file_uploader[0].set_value(("x.png", png_bytes(), "image/png")).run()
     no_exceptions(at)

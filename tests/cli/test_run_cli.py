@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from precompute import schema
 from precompute.cli import app
+from precompute.paths import MODELS_DIR
+from precompute.weights import file_sha256
 from precompute.toyworld.captions import ATTRIBUTE_NAMES
 from tests.conftest import make_image_folder
 
@@ -211,7 +213,10 @@ def test_run_on_a_shipped_toy_model_scores_labels_against_ground_truth(tmp_path)
     result = invoke("run", "--model", "toy-s", "--images", probe, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"]["architecture"] == "toy-s" and manifest["model"]["weights_kind"] == "local-dir"
+    assert manifest["model"]["architecture"] == "toy-s"
+    assert manifest["model"]["weights"] == {"kind": "shipped", "value": "toy-s", "sha256": file_sha256(
+        MODELS_DIR / "toy-s" / "open_clip_model.safetensors")}  # by name: no path of this machine
+    assert str(MODELS_DIR) not in (out / "manifest.json").read_text()
     assert manifest["images"]["count"] == 200 and not manifest["images"]["skipped"]
     texts = pq.read_table(out / schema.TEXTS_FILE).to_pylist()
     assert {t["property"] for t in texts} == set(ATTRIBUTE_NAMES)

@@ -183,14 +183,17 @@ def test_search_head_texts_matches_user_text_literally(tmp_path):
 
 
 def test_stage_hints_name_the_exact_commands():
-    manifest = {"model": {"architecture": "ViT-B-32", "pretrained": "/w/b32.safetensors"},
+    manifest = {"model": {"architecture": "ViT-B-32", "weights": {"kind": "file", "value": "/w/b32.safetensors"}},
                 "images": {"root": "/data/imagenet val"}, "layers": [8, 9, 10, 11]}
     hint = hints.stage_hint("b32", manifest, "/runs/b32", ["decompose"], "label")
     assert "`clip-interpret textspan --out /runs/b32` then `clip-interpret label --out /runs/b32`" in hint
     assert ("clip-interpret run --model ViT-B-32 --pretrained /w/b32.safetensors --images '/data/imagenet val' "
             "--layers 8,9,10,11 --out /runs/b32") in hint
     assert hints.stage_hint("b32", manifest, "/runs/b32", list(hints.STAGES), "score") is None
-    assert hints.weights_args("random-init:seed=3") == ["--random-init", "--seed", "3"]
+    assert hints.weights_args({"kind": "none", "value": "3"}) == ["--random-init", "--seed", "3"]
+    assert hints.weights_args({"kind": "shipped", "value": "toy-s", "sha256": "ab"}) == []  # the default weights
+    assert hints.weights_args({"kind": "local-dir", "value": "/m"}) == ["--pretrained", "local-dir:/m"]
+    assert hints.weights_args(None) == ["--pretrained", "WEIGHTS"]
 
 
 def test_data_dir_comes_from_argv_then_env_then_runs_in_the_current_folder(tmp_path, monkeypatch):
