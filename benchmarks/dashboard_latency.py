@@ -138,7 +138,8 @@ def _live_run(data_dir: Path) -> str | None:
     con = data.connect(data_dir)
     runs = data.runs(con).to_pylist()
     for r in runs:
-        if "label" in (r["stages"] or []) and json.loads(r["manifest"]).get("model", {}).get("weights_kind"):
+        model = json.loads(r["manifest"]).get("model", {})
+        if "label" in (r["stages"] or []) and (model.get("weights") or model.get("weights_kind")):  # new, old form
             return r["run"]
     return runs[0]["run"] if runs else None
 
