@@ -13,9 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-# dashboard.state still reads these three from here (it belongs to the run-folder work); their home is
-# dashboard.analysis, and this import goes once state.py imports them from there.
-from dashboard.analysis import orient, principal_direction, row_norms  # noqa: F401
 from precompute.decompose import Decomposer
 from precompute.registry import LoadedModel
 

@@ -29,11 +29,12 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from dashboard import data, live, memcache
+from dashboard import analysis, data, live, memcache
 from dashboard.rundirs import Discovery, discover_runs
 from precompute import registry, store
 from precompute.decompose import Decomposer
 from precompute.errors import InterpretError
+from precompute.labels import head_name
 from precompute.textenc import encode_texts
 
 MODEL_RETRY_S = 60.0  # a model that failed to load is tried again after this long
@@ -83,7 +84,7 @@ def catalog(data_dir: str) -> Catalog:
 class HeadMatrix:
     """Vectors of every dataset image for one head (or a mean over heads), rows sorted by image id.
 
-    ``vectors`` are float16 (half the memory; ``live.matvec`` scores them within 1e-3 |v| |q| of
+    ``vectors`` are float16 (half the memory; ``analysis.matvec`` scores them within 1e-3 |v| |q| of
     float32), float32 only when a value would overflow float16. ``norms`` and ``mean`` come from
     the float32 vectors, so cosines and centring are exact up to the rounding of the rows.
     """
@@ -109,7 +110,7 @@ def _frozen(ids: np.ndarray, vectors: np.ndarray) -> HeadMatrix:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [n, D]
     mean = vectors.mean(0, dtype=np.float64).astype(np.float32)  # [D]
     fits = not vectors.size or max(float(vectors.max()), -float(vectors.min())) < HALF_MAX  # no [n, D] temporary
-    m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, live.row_norms(vectors), mean)
+    m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, analysis.row_norms(vectors), mean)
     for a in (m.ids, m.vectors, m.norms, m.mean):
         a.flags.writeable = False  # shared between sessions
     return m
@@ -152,7 +153,7 @@ def _read_head(cat: Catalog, run: str, layer: int, head: int) -> HeadMatrix:
 def head_matrix(cat: Catalog, run: str, layer: int, head: int) -> HeadMatrix:
     """One head's vectors over the run's images, read once and kept while the cache has room."""
     def load() -> HeadMatrix:
-        with st.spinner(f"Reading the vectors of L{layer}.H{head} ..."):
+        with st.spinner(f"Reading the vectors of {head_name(layer, head)} ..."):
             return _in_loader(_read_head, cat, run, layer, head)
 
     return matrix_cache().get(("head", cat.keys[run], int(layer), int(head)), load)
@@ -174,7 +175,7 @@ def _mean_of(cat: Catalog, run: str, heads: tuple[tuple[int, int], ...]) -> Head
             first, total = ids, vectors.astype(np.float32, copy=True)
             continue
         if not np.array_equal(ids, first):
-            raise InterpretError(f"run {run!r}: heads L{layer}.H{head} and L{heads[0][0]}.H{heads[0][1]} "
+            raise InterpretError(f"run {run!r}: heads {head_name(layer, head)} and {head_name(*heads[0])} "
                                  "cover different images; rerun the decompose stage")
         total += vectors
     total /= len(heads)  # in place: one [n, D] float32 less at the peak
@@ -206,15 +207,15 @@ def _principal(_cat: Catalog, run_key: str, run: str, layer: int, head: int) -> 
     stored = _summaries(_cat, run_key, run).get((layer, head))
     m = head_matrix(_cat, run, layer, head)
     if stored is not None and stored["n"] == len(m.ids):
-        v = live.orient(stored["principal"], m.vectors, m.mean)  # [D]; the sign needs the vectors
+        v = analysis.orient(stored["principal"], m.vectors, m.mean)  # [D]; the sign needs the vectors
     else:  # a run without head_summary.parquet: ~1 s per head at 50,000 x 512, once per server
-        v = _in_loader(lambda: live.principal_direction(data.head_vectors(_cat.con, run, layer, head)[1]))
+        v = _in_loader(lambda: analysis.principal_direction(data.head_vectors(_cat.con, run, layer, head)[1]))
     v.flags.writeable = False
     return v
 
 
 def principal_direction(cat: Catalog, run: str, layer: int, head: int) -> np.ndarray:
-    """The head's first principal direction [D], oriented along the longer tail (``live.principal_direction``)."""
+    """The head's first principal direction [D], oriented along the longer tail (``analysis.principal_direction``)."""
     return _principal(cat, cat.keys[run], run, int(layer), int(head))
 
 

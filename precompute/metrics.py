@@ -1,8 +1,8 @@
-"""Interpretability scores of heads and models (DESIGN.md section 6).
+"""Interpretability scores of heads and models (docs/design.md section 6.2).
 
 The association and entanglement scores come from Madasu et al., "Quantifying
 and Enabling the Interpretability of CLIP-like Models" (arXiv 2409.06579). The
-paper's exact formulas could not be read (method_notes.md section 6): the
+paper's exact formulas could not be read (docs/design.md section 6.3): the
 functions below are *our documented reading* of its definitions, kept small so
 they can be swapped, and every head's own value is returned, not only the mean.
 

@@ -1,4 +1,4 @@
-"""The score stage: per-head and per-model interpretability scores (DESIGN.md section 6).
+"""The score stage: per-head and per-model interpretability scores (docs/design.md section 6.2).
 
 From the labels and TEXTSPAN picks: association, CCS over the top 5,
 entanglement, variance explained by the top 5 and top K texts, and (from
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ class ScoreOptions:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zero-shot prompts; '{}' is the class name
     attributes: Path | None = None  # default: <probe folder>/attributes.parquet when it exists
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def attributes_path(manifest: dict, opts: ScoreOptions) -> Path | None:
@@ -101,7 +100,7 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     head_labels = {(r["layer"], r["head"]): r for r in pq.read_table(run_dir / schema.HEAD_LABELS_FILE).to_pylist()}
     embeddings = _aligned(run_dir / schema.IMAGE_EMBEDDINGS_FILE, "embedding", position)  # [n, D]
     # Heads replaced by their TEXTSPAN reconstructions: e - sum_h (r_h - r_hat_h), accumulated head by head so that
-    # only one head's vectors are in memory. The terms sum to e/||e|| (DESIGN.md section 3), so this is a
+    # only one head's vectors are in memory. The terms sum to e/||e|| (docs/design.md section 3.3), so this is a
     # direct-effect replacement with each image's LayerNorm scale held fixed; no renormalisation is needed, as the
     # zero-shot argmax is invariant to a positive per-image scale.
     delta = np.zeros_like(embeddings, dtype=np.float64) if zero_shot else None  # sum of (r - r_hat)

@@ -235,11 +235,6 @@ class ChunkStore:
     def reset(self, chunk: int) -> None:
         shutil.rmtree(self.chunk_dir(chunk), ignore_errors=True)
 
-    def done_chunks(self) -> list[int]:
-        if not self.root.is_dir():
-            return []
-        return sorted(int(p.name.split("-")[1]) for p in self.root.glob("chunk-*") if (p / "DONE").is_file())
-
     def plan_path(self) -> Path:
         return self.root / "plan.json"
 

@@ -1,7 +1,7 @@
-"""TEXTSPAN: name a head by the texts that span its outputs (DESIGN.md section 4).
+"""TEXTSPAN: name a head by the texts that span its outputs (docs/design.md section 4).
 
 Gandelsman, Efros, Steinhardt, ICLR 2024 (code: ``compute_complete_text_set.py``;
-method_notes.md section 2). For one head with vectors C [n, d] over n images and
+docs/design.md section 4.1). For one head with vectors C [n, d] over n images and
 L2-normalised text embeddings R [m, d]:
 
 1. project the texts on the span of the top-r right singular vectors of the
@@ -141,7 +141,7 @@ def accumulate_gram(chunks: Iterable[np.ndarray], shift: np.ndarray | None = Non
 def textspan(
     vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_eps: float = RANK_EPS
 ) -> TextspanResult:
-    """TEXTSPAN for one head, product path (DESIGN.md section 4).
+    """TEXTSPAN for one head, product path (docs/design.md section 4.2).
 
     vectors [n, d] are the head's outputs r[l,h] over n images, texts [m, d] the
     L2-normalised text embeddings. Same picks as ``textspan_reference``.
@@ -167,7 +167,7 @@ def textspan_from_gram(
     centred: bool = False,
     rank_eps: float = RANK_EPS,
 ) -> TextspanResult:
-    """TEXTSPAN from a precomputed Gram matrix, product path (DESIGN.md section 4).
+    """TEXTSPAN from a precomputed Gram matrix, product path (docs/design.md section 4.2).
 
     gram [d, d] is G = C^T C (or, with ``centred=True``, sum_i (c_i - mean)(c_i - mean)^T,
     which keeps more digits when the mean is large), mean [d], n images. An uncentred
@@ -220,7 +220,7 @@ def textspan_from_gram(
 def textspan_reference(
     vectors: np.ndarray, texts: np.ndarray, k: int = DEFAULT_K, rank: int = DEFAULT_RANK, rank_eps: float = RANK_EPS
 ) -> TextspanResult:
-    """TEXTSPAN as the original code runs it: data matrix, SVD, std argmax (method_notes.md section 2).
+    """TEXTSPAN as the original code runs it: data matrix, SVD, std argmax (docs/design.md section 4.1).
 
     Plain and slow (k 2 n d m flops); computes in the dtype of ``vectors``
     (float32 as stored). Kept for tests and ``benchmarks/textspan_speed.py``.
@@ -274,7 +274,7 @@ def textspan_reference(
 def reconstruct(vectors: np.ndarray, result: TextspanResult) -> np.ndarray:
     """The head's vectors rebuilt from its picks: mean + (C - mean) Q^T Q, [n, d].
 
-    As in the reference code (method_notes.md section 2, step 4): the sum of the
+    As in the reference code (docs/design.md section 4.1): the sum of the
     per-step projections of the deflated data equals mean + C_c Q Q^T with Q the
     orthonormal basis of the chosen, deflated texts.
     """
