@@ -17,23 +17,33 @@ Manifests written before the record spelled the source as a string (``pretrained
 (``store.parse_manifest``), and a folder of shipped weights recorded by its absolute path
 becomes ``shipped`` when its checkpoint has the sha256 the run recorded.
 
-No torch here: reading a manifest must not load it.
+Turning the user's ``--pretrained`` / ``--random-init`` into a source is ``parse_weights``; a tag is
+resolved to its cached checkpoint, or to a download when the hub is reachable, by ``tag_checkpoint``
+(a 1 s probe in a daemon thread, skipped when ``HF_HUB_OFFLINE`` is set): open_clip's ``pretrained.py``.
+
+No torch here: reading a manifest must not load it (open_clip is imported only where a tag is resolved).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
+from precompute.architectures import builtin_config, known_tags
+from precompute.errors import InputError, OfflineError
 from precompute.paths import MODELS_DIR
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WeightsKind = Literal["tag", "file", "local-dir", "shipped", "none"]
 KINDS: tuple[str, ...] = ("tag", "file", "local-dir", "shipped", "none")
 _LEGACY_FIELDS = ("pretrained", "weights_kind", "weights_sha256")
+HUB_HOST = ("huggingface.co", 443)
 
 
 @dataclass(frozen=True)
@@ -160,3 +170,119 @@ def legacy_pretrained(source: WeightsSource) -> str:
     if source.kind == "shipped":
         return f"local-dir:{MODELS_DIR / str(source.value)}"
     return source.describe()
+
+
+# --------------------------------------------------------------------------- from the user's options
+
+
+def parse_weights(architecture: str, pretrained: str | None, random_init: bool = False,
+                  seed: int = 0) -> WeightsSource:
+    """Turn the user's --pretrained / --random-init into a WeightsSource, or explain what is wrong.
+
+    A random init is seeded, so that a resumed run, the dashboard and a benchmark see the same weights.
+    """
+    if random_init:
+        if pretrained:
+            raise InputError("--random-init and --pretrained exclude each other: pass one")
+        return WeightsSource("none", str(seed))
+    if not pretrained:
+        builtin_config(architecture)  # an unknown name gets its close matches before any talk of weights
+        if shipped_weights_dir(architecture) is not None:
+            return WeightsSource("shipped", architecture)
+        tags = known_tags(architecture)
+        tag_hint = f" (known tags: {', '.join(tags)})" if tags else ""
+        raise InputError(
+            f"no weights given for {architecture}: pass --pretrained TAG{tag_hint}, a weights file, "
+            "local-dir:FOLDER, or --random-init"
+        )
+    if pretrained.startswith("local-dir:"):
+        path = Path(pretrained[len("local-dir:"):]).expanduser().resolve()
+        if not path.is_dir():
+            raise InputError(f"local-dir folder not found: {path}")
+        return WeightsSource("local-dir", str(path))
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return WeightsSource("local-dir", str(path.resolve()))
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise InputError(f"{path}: unknown weights file type {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}")
+        return WeightsSource("file", str(path.resolve()))
+    if path.suffix in WEIGHT_SUFFIXES or os.sep in pretrained:
+        raise InputError(f"weights file not found: {path}")
+    tags = known_tags(architecture)
+    clean = pretrained.lower().replace("-", "_")
+    if clean not in tags:
+        hint = f"known tags for {architecture}: {', '.join(tags)}" if tags else f"{architecture} has no known tags"
+        raise InputError(f"unknown pretrained tag {pretrained!r}: {hint}; or pass a weights file or local-dir:FOLDER")
+    return WeightsSource("tag", clean)
+
+
+# --------------------------------------------------------------------------- pretrained tags
+
+
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Probe the model hub in a daemon thread so a hanging DNS lookup cannot stall us."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(HUB_HOST, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def cached_tag_file(architecture: str, tag: str) -> str | None:
+    """The tag's checkpoint if it is already in a local cache, else None."""
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(architecture, tag)
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - a dependency of open_clip
+            return None
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit
+    url = pcfg.get("url", "")
+    if url:
+        candidate = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def tag_checkpoint(architecture: str, tag: str) -> tuple[str, dict[str, Any]]:
+    """What open_clip builds a tag from: the cached checkpoint (or the tag, to download it) and the build
+    arguments of the tag's pretrained config (QuickGELU, normalisation, resize); OfflineError when the tag is
+    neither cached nor reachable."""
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(architecture, tag)
+    kwargs: dict[str, Any] = {"force_quick_gelu": bool(pcfg.get("quick_gelu", False))}
+    for key, arg in (("mean", "image_mean"), ("std", "image_std"),
+                     ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+        if key in pcfg:
+            kwargs[arg] = pcfg[key]
+    cached = cached_tag_file(architecture, tag)
+    if cached:
+        return cached, kwargs
+    if not hub_reachable():
+        raise OfflineError(
+            f"pretrained tag {tag!r} needs a download from the model hub, which is not reachable "
+            "(offline, or HF_HUB_OFFLINE is set). Pass a local weights file (--pretrained "
+            "/path/model.safetensors) or an open_clip folder (--pretrained local-dir:/path), or go online."
+        )
+    return tag, kwargs

@@ -1,13 +1,15 @@
-"""Model loading: weights sources, offline tags, refusals with useful messages."""
+"""Model loading: weights sources, offline tags, refusals with useful messages (the geometry ones included)."""
 
 from __future__ import annotations
+
+import json
 
 import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from precompute import registry
+from precompute import registry, weights
 from precompute.errors import InputError, ModelError, OfflineError
 from precompute.registry import ModelSpec, WeightsSource, load_model, parse_layers, parse_weights
 
@@ -23,7 +25,7 @@ def test_offline_tag_fails_fast_without_trying_to_download(monkeypatch):
         raise AssertionError("tried to build/download the model")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", no_download)
-    monkeypatch.setattr(registry, "_cached_tag_file", lambda *a: None)
+    monkeypatch.setattr(weights, "cached_tag_file", lambda *a: None)
     spec = ModelSpec("ViT-B-32", parse_weights("ViT-B-32", "openai"))
     assert spec.weights == WeightsSource("tag", "openai")
     with pytest.raises(OfflineError) as e:
@@ -34,7 +36,7 @@ def test_offline_tag_fails_fast_without_trying_to_download(monkeypatch):
 
 def test_offline_probe_honours_hf_hub_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert registry._hub_reachable() is False
+    assert registry.hub_reachable() is False
 
 
 @pytest.mark.parametrize("arch,needle", [
@@ -102,8 +104,6 @@ def test_local_weights_file_loads_the_same_weights(tmp_path, suffix):
 
 
 def test_local_dir_folder_loads_with_its_own_config(tmp_path):
-    import json
-
     torch.manual_seed(4)
     src = load_model(ModelSpec("test-tiny", WeightsSource("none")))
     cfg = open_clip.get_model_config("test-tiny")
@@ -167,3 +167,85 @@ def test_catalogue_marks_decomposable_models():
     assert cat["ViT-B-32"].decomposable and "openai" in cat["ViT-B-32"].tags
     assert not cat["RN50"].decomposable
     assert cat["test-tiny"].project
+
+
+# --------------------------------------------------------------------------- geometry, asserted where a model comes in
+
+
+def _tiny_folder(tmp_path, **vision) -> WeightsSource:
+    """An open_clip folder (config only) of test-tiny with ``vision`` overriding its vision config."""
+    cfg = registry.model_config("test-tiny", WeightsSource("none"))
+    cfg["vision_cfg"] |= vision
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    return WeightsSource("local-dir", str(tmp_path))
+
+
+@pytest.mark.parametrize("vision,needle", [
+    (dict(image_size=[32, 48]), "its image_size [32, 48] is not square"),
+    (dict(patch_size=[8, 16]), "its patch_size [8, 16] is not square"),
+    (dict(width=66, head_width=16), "width 66 and head_width 16, which makes 4 heads"),
+    (dict(width=64, head_width=128), "width 64 and head_width 128, which makes 0 heads"),
+])
+def test_a_config_with_a_geometry_the_decomposition_cannot_read_is_refused_before_the_build(
+        tmp_path, monkeypatch, vision, needle):
+    def no_build(*a, **k):  # pragma: no cover - reached only if the config check is missing
+        raise AssertionError("built the model")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_build)
+    with pytest.raises(ModelError) as e:
+        load_model(ModelSpec("tiny-odd", _tiny_folder(tmp_path, **vision)))
+    msg = str(e.value)
+    assert msg.startswith("tiny-odd cannot be decomposed: ") and needle in msg and "Supported:" in msg
+    assert ("square images on a square patch grid" in msg) == ("square" in needle)
+    assert ("split the width evenly" in msg) == ("heads" in needle)
+
+
+def test_a_square_size_given_as_a_pair_is_accepted(tmp_path):
+    loaded = load_model(ModelSpec("tiny-pair", _tiny_folder(tmp_path, image_size=[32, 32], patch_size=[8, 8])))
+    assert (loaded.info.image_size, loaded.info.patch_size, loaded.info.grid, loaded.info.tokens) == (32, 8, 4, 17)
+
+
+def _break_attn_pool(m):
+    m.visual.attn_pool = torch.nn.Identity()
+
+
+def _break_in_proj(m):
+    m.visual.transformer.resblocks[1].attn = torch.nn.Linear(64, 64)
+
+
+def _set(path: str, value):
+    """A breaker that sets the attribute at dotted ``path`` (from the model) to ``value``."""
+    def brk(m):
+        *parents, name = path.split(".")
+        obj = m
+        for p in parents:
+            obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
+        setattr(obj, name, value)
+    return brk
+
+
+@pytest.mark.parametrize("brk,needle", [
+    (_set("visual.transformer", None), "its vision tower is not an open_clip VisionTransformer"),
+    (_break_attn_pool, "its vision tower has an attentional pooler"),
+    (_set("visual.pool_type", "avg"), "its vision tower pools with 'avg', not the class token"),
+    (_set("visual.transformer.resblocks.0.attn.num_heads", 3), "its 3 attention heads do not split the width 64"),
+    (_break_in_proj, "the attention of block 1 has no fused in_proj_weight and out_proj"),
+    (_set("visual.transformer.resblocks.2.attn.batch_first", False), "the attention of block 2 is not batch-first"),
+    (_set("visual.transformer.resblocks.1.attn.num_heads", 2), "the attention of block 1 has 2 heads"),
+    (_set("visual.image_size", (32, 48)), "its image_size 32x48 is not square"),
+    (_set("visual.grid_size", (4, 6)), "its patch grid 4x6 is not square"),
+])
+def test_load_model_asserts_the_geometry_of_the_built_model(monkeypatch, brk, needle):
+    build = open_clip.create_model_and_transforms
+
+    def broken_build(*a, **k):
+        model, train, preprocess = build(*a, **k)
+        brk(model)
+        return model, train, preprocess
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", broken_build)
+    with pytest.raises(ModelError) as e:
+        load_model(ModelSpec("test-tiny", WeightsSource("none")))
+    msg = str(e.value)
+    assert msg.startswith("test-tiny cannot be decomposed: ") and needle in msg and "Supported:" in msg
+

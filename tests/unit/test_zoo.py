@@ -97,11 +97,12 @@ def test_every_decomposable_architecture_sums_to_its_stock_embedding(arch, tmp_p
     _assert_exact(loaded, tmp_path)
 
 
-# Vision options no shipped config sets but a local-dir config may, all of which decomposability() accepts.
+# Vision options no shipped config sets but a local-dir config may, all of which decomposability() accepts (a
+# non-square image_size it refuses: test_registry).
 ACCEPTED_OPTIONS = [
     dict(no_ln_pre=True), dict(final_ln_after_pool=True), dict(pos_embed_type="sin_cos_2d"), dict(scale_fc=True),
     dict(block_type="custom"), dict(output_tokens=True), dict(act_kwargs={"approximate": "tanh"}),
-    dict(norm_kwargs={"eps": 1e-6}), dict(image_size=[32, 48]), dict(ls_init_value=0.1, scale_heads=True),
+    dict(norm_kwargs={"eps": 1e-6}), dict(image_size=[32, 32]), dict(ls_init_value=0.1, scale_heads=True),
 ]
 
 
