@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, hints, settings, state, urlstate
+from dashboard import data, exports, hints, settings, state, urlstate
 from precompute.errors import InterpretError
 from precompute.labels import head_name
 
@@ -181,10 +181,24 @@ def thumbnail_grid(ctx: RunContext, image_ids, captions, per_row: int = 8, width
         st.image([t for t, _ in chunk], caption=[c for _, c in chunk], width=width)
 
 
-def download_csv(frame: pd.DataFrame, label: str, file_name: str, key: str) -> None:
-    """A CSV of ``frame`` built in memory (nothing written on the server, so users never collide)."""
-    st.download_button(label, frame.to_csv(index=False).encode("utf-8"), file_name=file_name, mime="text/csv",
+def download_csv(frame, label: str, file_name: str, key: str) -> None:
+    """A CSV of ``frame`` (a DataFrame or an Arrow table), built only when clicked (``dashboard.exports``)."""
+    st.download_button(label, lambda: exports.to_csv(frame), file_name=file_name, mime="text/csv",
                        key=key, on_click="ignore")
+
+
+def download_table(table, file_stem: str, key: str) -> None:
+    """CSV and Parquet downloads of a result, each built only when clicked; a CSV too big for the server to
+    format is refused in favour of Parquet (``exports.MAX_CSV_BYTES``)."""
+    table = exports.as_table(table)
+    csv_ok = exports.csv_allowed(table)
+    left, right = st.columns(2)
+    left.download_button("Download CSV", lambda: exports.to_csv(table), file_name=f"{file_stem}.csv",
+                         mime="text/csv", key=f"{key}.csv", on_click="ignore", disabled=not csv_ok,
+                         help=None if csv_ok else f"about {exports.estimated_csv_bytes(table) / 2**20:,.0f} MiB as "
+                         f"CSV, over the {exports.MAX_CSV_BYTES // 2**20} MiB limit: download Parquet")
+    right.download_button("Download Parquet", lambda: exports.to_parquet(table), file_name=f"{file_stem}.parquet",
+                          mime="application/vnd.apache.parquet", key=f"{key}.parquet", on_click="ignore")
 
 
 def show_neighbours(ctx: RunContext, frame: pd.DataFrame, file_stem: str, key: str) -> None:

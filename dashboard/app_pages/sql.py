@@ -40,6 +40,5 @@ if RESULT in st.session_state:
     if is_truncated(table):
         st.warning(f"Only the first {ROW_LIMIT:,} rows are shown: add a LIMIT, a WHERE or an aggregate.")
     st.caption(f"{table.num_rows:,} row{'s' if table.num_rows != 1 else ''}")
-    frame = table.to_pandas()
-    st.dataframe(frame, hide_index=True, width="stretch")
-    widgets.download_csv(frame, "Download CSV", "query.csv", key="sql.csv")
+    st.dataframe(table.to_pandas(), hide_index=True, width="stretch")
+    widgets.download_table(table, "query", key="sql")  # built only when clicked: a wide result stalls no one

@@ -13,8 +13,27 @@ def test_running_the_default_example_lists_every_run(app):
     table = at.dataframe[0].value
     assert sorted(table["run"]) == ["synth/decomp", "synth/full", "tiny", "tiny-decomp"]
     assert "4 rows" in all_text(at)
-    assert [b.label for b in at.download_button] == ["Download CSV"]
+    assert [b.label for b in at.download_button] == ["Download CSV", "Download Parquet"]
     assert at.query_params["sql"].startswith("SELECT run, architecture")
+
+
+def test_a_wide_result_is_shown_without_building_any_download(app, monkeypatch):
+    """Downloads are built when clicked, never on a rerun: a wide result costs its query, not a 78 MB CSV."""
+    import pandas as pd
+
+    from dashboard import exports
+
+    built = []
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: built.append("pandas csv") or "")
+    monkeypatch.setattr(exports, "to_csv", lambda t: built.append("csv") or b"")
+    monkeypatch.setattr(exports, "to_parquet", lambda t: built.append("parquet") or b"")
+    at = app("sql")
+    widget(at, "text_area", "sql.text").set_value("SELECT * FROM head_vectors").run()
+    at.button(key="sql.run").click().run()
+    no_exceptions(at)
+    assert len(at.dataframe[0].value) > 0
+    at.run()  # another rerun of the page, as any widget change makes
+    assert built == []
 
 
 def test_an_example_fills_the_editor(app):

@@ -309,3 +309,22 @@ def test_a_query_about_one_run_never_reads_another_runs_files(tmp_path):
     assert len(data.thumbnails(con, "good", [100])[0]) > 0 and data.image_meta(con, "good").num_rows == 6
     assert data.texts(con, "good").num_rows == 10 and data.head_texts(con, "good", 2, 0).num_rows == 3
     assert data.head_labels(con, "good").num_rows == 4 and data.head_scores(con, "good").num_rows == 4
+
+
+def test_exports_write_csv_and_parquet_and_refuse_a_csv_too_big_to_format():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dashboard import exports
+    from precompute.store import vectors_to_arrow
+
+    small = pa.table({"image_id": [1, 2], "label": ["cat", None], "vector": vectors_to_arrow(np.eye(2, 3, dtype=np.float32))})
+    csv = exports.to_csv(small).decode()
+    assert csv.splitlines()[0] == "image_id,label,vector" and len(csv.splitlines()) == 3
+    assert "[1.0, 0.0, 0.0]" in csv
+    assert pq.read_table(io.BytesIO(exports.to_parquet(small))).equals(small)
+    assert exports.csv_allowed(small)
+    wide = pa.table({"vector": vectors_to_arrow(np.zeros((10_000, 768), np.float32))})  # 30 MB of floats
+    assert not exports.csv_allowed(wide)  # ~90 MB of text: Parquet instead
