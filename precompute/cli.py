@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -69,9 +71,44 @@ def _quiet_libraries() -> None:
     logging.getLogger().addFilter(lambda r: "No pretrained weights loaded" not in r.getMessage())
 
 
-# ---------------------------------------------------------------- shared options
+def option_groups(fn):
+    """Let a command take a group of options as one dataclass parameter; Typer sees the group's fields, in order.
+
+    An option group shared by several commands is declared once, as a frozen dataclass whose fields are
+    annotated and defaulted like any option (``DecomposeFlags``: `decompose` and `run`); the command
+    receives the group built from them.
+    """
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params, groups = [], {}
+    for p in inspect.signature(fn).parameters.values():
+        kind = hints[p.name]
+        if not dataclasses.is_dataclass(kind):
+            params.append(p.replace(annotation=kind))
+            continue
+        fields = typing.get_type_hints(kind, include_extras=True)
+        groups[p.name] = kind, [f.name for f in dataclasses.fields(kind)]
+        params += [inspect.Parameter(f.name, p.kind, annotation=fields[f.name], default=f.default)
+                   for f in dataclasses.fields(kind)]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        for name, (kind, names) in groups.items():
+            kwargs[name] = kind(**{n: kwargs.pop(n) for n in names})
+        return fn(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)  # duplicate option names fail here, at import
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+# ---------------------------------------------------------------- options, each declared once
 
 Model = Annotated[str, typer.Option("--model", "-m", help="open_clip architecture (e.g. ViT-B-32) or a project model (toy-s, toy-m, toy-l).")]
+Images = Annotated[Path, typer.Option(help="Folder of images, searched recursively; class sub-folders give labels.")]
+Out = Annotated[Optional[Path], typer.Option(help="Run folder to write (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")]
+RunModel = Annotated[Optional[str], typer.Option("--model", "-m", help="open_clip architecture or project model. Default: every shipped toy model.")]
+RunImages = Annotated[Optional[Path], typer.Option(help="Folder of probe images. Default for toy models: a generated toy-world probe set (runs/_probe/toyworld, 5,000 images, seed 0).")]
+RunOut = Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")]
 Pretrained = Annotated[Optional[str], typer.Option(help="Weights: a pretrained tag (needs the hub or its cache), a .safetensors/.bin/.pt file, or local-dir:FOLDER. Default for toy models: the shipped weights.")]
 RandomInit = Annotated[bool, typer.Option("--random-init", help="No weights: a seeded random initialisation (tests, benchmarks).")]
 Seed = Annotated[int, typer.Option(help="Seed of --random-init.")]
@@ -84,25 +121,102 @@ Workers = Annotated[Optional[int], typer.Option(
     help="Image-decoding worker processes (0 decodes in the main process). Default: every core on a GPU, 1 on the CPU.")]
 ChunkSize = Annotated[int, typer.Option(help="Images per resumable chunk: a crash loses at most one chunk of work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+RunDir = Annotated[Path, typer.Option("--out", help="The run folder (written by `decompose` or `run`).")]
+Pool = Annotated[Optional[str], typer.Option(help="Text pool: a shipped name (toyworld, general) or a .txt/.csv/.parquet file. Default: toyworld for toy models, general otherwise.")]
+K = Annotated[int, typer.Option("--k", help="TEXTSPAN picks computed per head (the dashboard shows 5).")]
+Rank = Annotated[int, typer.Option(help="TEXTSPAN rank r: texts are projected on the top-r span of the head's outputs.")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute even when the stage's output is current.")]
+Labeller = Annotated[str, typer.Option(help="pool (offline: majority property of the top picks) or llm (an OpenAI-compatible chat endpoint).")]
+TopK = Annotated[int, typer.Option(help="Top picks a label and its association score look at.")]
+MinShare = Annotated[float, typer.Option(help="Pool labeller: the winning property needs at least this share of the top picks, else 'mixed'.")]
+Overrides = Annotated[Optional[Path], typer.Option(help="CSV layer,head,property of manual labels (wins over the labellers). The run's own label_overrides.csv is always read.")]
+LlmUrl = Annotated[Optional[str], typer.Option(help="LLM labeller: base URL (env CLIP_INTERPRET_LLM_BASE_URL; default https://api.openai.com/v1). Key from CLIP_INTERPRET_LLM_API_KEY or OPENAI_API_KEY.")]
+LlmModel = Annotated[Optional[str], typer.Option(help="LLM labeller: model name (env CLIP_INTERPRET_LLM_MODEL).")]
+LlmTimeout = Annotated[float, typer.Option(help="LLM labeller: seconds per request.")]
+Templates = Annotated[Optional[list[str]], typer.Option("--template", help="Zero-shot prompt with '{}' for the class name (repeat for several). Default: 'a photo of a {}.', 'an image of a {}.', 'a {}.'")]
+Attributes = Annotated[Optional[Path], typer.Option(help="Ground-truth attributes (Parquet: path + categorical columns). Default: <images>/attributes.parquet when present.")]
+
+
+# ---------------------------------------------------------------- option groups, each shared by two commands
+
+
+@dataclasses.dataclass(frozen=True)
+class DecomposeFlags:
+    """`decompose` and `run`: the weights, the device, and which layers and images to decompose in what batches."""
+
+    pretrained: Pretrained = None
+    random_init: RandomInit = False
+    seed: Seed = 0
+    layers: Layers = None
+    limit: Limit = None
+    batch_size: BatchSize = 16
+    workers: Workers = None
+    chunk_size: ChunkSize = 512
+    device: Device = "auto"
+    precision: Precision = "fp32"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextspanFlags:
+    """`textspan` and `run`."""
+
+    pool: Pool = None
+    k: K = 20
+    rank: Rank = 80
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelFlags:
+    """`label` and `run` (`run` passes --top-k on to the score stage too)."""
+
+    labeller: Labeller = "pool"
+    top_k: TopK = 5
+    min_share: MinShare = 0.4
+    overrides: Overrides = None
+    llm_base_url: LlmUrl = None
+    llm_model: LlmModel = None
+    llm_timeout: LlmTimeout = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreFlags:
+    """`score` and `run`, besides --top-k."""
+
+    template: Templates = None
+    attributes: Attributes = None
 
 
 def default_out(model: str, pretrained: str | None, random_init: bool) -> Path:
-    if random_init:
-        suffix = "-random"
-    elif not pretrained:
-        suffix = ""
-    else:
-        p = pretrained.removeprefix("local-dir:").rstrip("/")
-        suffix = "-" + (Path(p).stem if ("/" in p or "." in p) else p)
-    return paths.runs_dir() / f"{model}{suffix}"
+    """The run folder `decompose` and `run` write without --out (``pipeline.default_out``)."""
+    from precompute.pipeline import default_out as library_default
+
+    return library_default(model, pretrained, random_init)
 
 
-def load(model: str, pretrained: str | None, random_init: bool, device: str, precision: str, seed: int = 0):
-    from precompute import registry
+def _decompose_request(model: str | None, images: Path | None, out: Path | None, flags: DecomposeFlags):
+    from precompute.errors import InputError
+    from precompute.pipeline import DecomposeRequest
 
-    _quiet_libraries()
-    weights = registry.parse_weights(model, pretrained, random_init, seed)
-    return registry.load_model(registry.ModelSpec(model, weights, device, precision))
+    for name in ("batch_size", "chunk_size"):
+        if (v := getattr(flags, name)) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    return DecomposeRequest(model, images, out, **dataclasses.asdict(flags))
+
+
+def _label_options(flags: LabelFlags):
+    from precompute.stage_label import LabelOptions
+
+    return LabelOptions(**dataclasses.asdict(flags))
+
+
+def _score_options(top_k: int, flags: ScoreFlags, quiet: bool):
+    from precompute.errors import InputError
+    from precompute.stage_score import DEFAULT_TEMPLATES, ScoreOptions
+
+    templates = tuple(flags.template) if flags.template else DEFAULT_TEMPLATES
+    if any("{}" not in t for t in templates):
+        raise InputError(f"every --template needs '{{}}' for the class name; got {list(templates)}")
+    return ScoreOptions(top_k, templates, flags.attributes, progress=not quiet)
 
 
 # ---------------------------------------------------------------- commands
@@ -138,39 +252,15 @@ def models(
 
 @app.command()
 @handle_errors
-def decompose(
-    model: Model,
-    images: Annotated[Path, typer.Option(help="Folder of images, searched recursively; class sub-folders give labels.")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder to write (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")] = None,
-    pretrained: Pretrained = None,
-    random_init: RandomInit = False,
-    seed: Seed = 0,
-    layers: Layers = None,
-    limit: Limit = None,
-    batch_size: BatchSize = 16,
-    workers: Workers = None,
-    chunk_size: ChunkSize = 512,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    quiet: Quiet = False,
-):
+@option_groups
+def decompose(model: Model, images: Images, out: Out = None, flags: DecomposeFlags = DecomposeFlags(),
+              quiet: Quiet = False):
     """Decompose every image's embedding into per-head vectors and write images, embeddings and head vectors."""
-    from precompute.stage_decompose import DecomposeOptions, run_decompose
+    from precompute import pipeline
 
-    _check_positive(batch_size=batch_size, chunk_size=chunk_size)
-    loaded = load(model, pretrained, random_init, device, precision, seed)
-    out = out or default_out(model, pretrained, random_init)
-    opts = DecomposeOptions(images, out, layers, limit, batch_size, workers, chunk_size, progress=not quiet)
-    summary = run_decompose(loaded, opts)
-    _print_decompose_summary(summary)
-
-
-def _check_positive(**values: int) -> None:
-    from precompute.errors import InputError
-
-    for name, v in values.items():
-        if v < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    request = _decompose_request(model, images, out, flags)
+    _quiet_libraries()
+    _print_decompose_summary(pipeline.decompose(request, progress=not quiet))
 
 
 def _print_decompose_summary(s) -> None:
@@ -187,172 +277,67 @@ def _print_decompose_summary(s) -> None:
         typer.echo(f"  {s.ignored} files that are not images were ignored (listed in manifest.json)")
 
 
-RunDir = Annotated[Path, typer.Option("--out", help="The run folder (written by `decompose` or `run`).")]
-Pool = Annotated[Optional[str], typer.Option(help="Text pool: a shipped name (toyworld, general) or a .txt/.csv/.parquet file. Default: toyworld for toy models, general otherwise.")]
-K = Annotated[int, typer.Option("--k", help="TEXTSPAN picks computed per head (the dashboard shows 5).")]
-Rank = Annotated[int, typer.Option(help="TEXTSPAN rank r: texts are projected on the top-r span of the head's outputs.")]
-Force = Annotated[bool, typer.Option("--force", help="Recompute even when the stage's output is current.")]
-Labeller = Annotated[str, typer.Option(help="pool (offline: majority property of the top picks) or llm (an OpenAI-compatible chat endpoint).")]
-TopK = Annotated[int, typer.Option(help="Top picks a label and its association score look at.")]
-MinShare = Annotated[float, typer.Option(help="Pool labeller: the winning property needs at least this share of the top picks, else 'mixed'.")]
-Overrides = Annotated[Optional[Path], typer.Option(help="CSV layer,head,property of manual labels (wins over the labellers). The run's own label_overrides.csv is always read.")]
-LlmUrl = Annotated[Optional[str], typer.Option(help="LLM labeller: base URL (env CLIP_INTERPRET_LLM_BASE_URL; default https://api.openai.com/v1). Key from CLIP_INTERPRET_LLM_API_KEY or OPENAI_API_KEY.")]
-LlmModel = Annotated[Optional[str], typer.Option(help="LLM labeller: model name (env CLIP_INTERPRET_LLM_MODEL).")]
-LlmTimeout = Annotated[float, typer.Option(help="LLM labeller: seconds per request.")]
-Templates = Annotated[Optional[list[str]], typer.Option("--template", help="Zero-shot prompt with '{}' for the class name (repeat for several). Default: 'a photo of a {}.', 'an image of a {}.', 'a {}.'")]
-Attributes = Annotated[Optional[Path], typer.Option(help="Ground-truth attributes (Parquet: path + categorical columns). Default: <images>/attributes.parquet when present.")]
-
-
-def _label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout):
-    from precompute.stage_label import LabelOptions
-
-    return LabelOptions(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout)
-
-
-def _score_options(top_k, templates, attributes, quiet):
-    from precompute.stage_score import DEFAULT_TEMPLATES, ScoreOptions
-    from precompute.errors import InputError
-
-    templates = tuple(templates) if templates else DEFAULT_TEMPLATES
-    if any("{}" not in t for t in templates):
-        raise InputError(f"every --template needs '{{}}' for the class name; got {list(templates)}")
-    return ScoreOptions(top_k, templates, attributes, progress=not quiet)
-
-
 def _done(stage: str, ran: bool, out: Path) -> None:
     typer.echo(f"{out}: {stage} " + ("done" if ran else "is current; nothing to do (--force recomputes)"))
 
 
 @app.command()
 @handle_errors
-def textspan(
-    out: RunDir,
-    pool: Pool = None,
-    k: K = 20,
-    rank: Rank = 80,
-    device: Device = "auto",
-    force: Force = False,
-    quiet: Quiet = False,
-):
+@option_groups
+def textspan(out: RunDir, flags: TextspanFlags = TextspanFlags(), device: Device = "auto", force: Force = False,
+             quiet: Quiet = False):
     """Name every analysed head with TEXTSPAN: embed the pool once, write texts and head_texts."""
-    from precompute.pipeline import default_pool, loaded_for_run
-    from precompute.stage_textspan import TextspanOptions, run_textspan
+    from precompute import pipeline
 
     _quiet_libraries()
-    loaded = loaded_for_run(out, device)
-    opts = TextspanOptions(pool or default_pool(loaded.spec.architecture), k, rank, progress=not quiet)
-    _done("textspan", run_textspan(loaded, out, opts, force), out)
+    _done("textspan", pipeline.textspan(out, flags.pool, flags.k, flags.rank, device, force, not quiet), out)
 
 
 @app.command()
 @handle_errors
-def label(
-    out: RunDir,
-    labeller: Labeller = "pool",
-    top_k: TopK = 5,
-    min_share: MinShare = 0.4,
-    overrides: Overrides = None,
-    llm_base_url: LlmUrl = None,
-    llm_model: LlmModel = None,
-    llm_timeout: LlmTimeout = 30.0,
-    force: Force = False,
-):
+@option_groups
+def label(out: RunDir, flags: LabelFlags = LabelFlags(), force: Force = False):
     """Give every analysed head a property (pool vote, LLM, or manual override) and write head_labels."""
     from precompute.stage_label import run_label
 
-    opts = _label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout)
-    _done("label", run_label(out, opts, force), out)
+    _done("label", run_label(out, _label_options(flags), force), out)
 
 
 @app.command()
 @handle_errors
-def score(
-    out: RunDir,
-    top_k: TopK = 5,
-    template: Templates = None,
-    attributes: Attributes = None,
-    device: Device = "auto",
-    force: Force = False,
-    quiet: Quiet = False,
-):
+@option_groups
+def score(out: RunDir, top_k: TopK = 5, flags: ScoreFlags = ScoreFlags(), device: Device = "auto",
+          force: Force = False, quiet: Quiet = False):
     """Score heads and the model: association, CCS, entanglement, variance explained, zero-shot, ground truth."""
-    from precompute.errors import RunDirError
-    from precompute.pipeline import loaded_for_run
-    from precompute.stage_score import run_score
+    from precompute import pipeline
 
+    opts = _score_options(top_k, flags, quiet)
     _quiet_libraries()
-    try:
-        loaded = loaded_for_run(out, device)
-    except RunDirError as e:
-        typer.secho(f"note: {e}; zero-shot accuracy is skipped", fg=typer.colors.YELLOW, err=True)
-        loaded = None
-    _done("score", run_score(out, _score_options(top_k, template, attributes, quiet), loaded, force), out)
+    _done("score", pipeline.score(out, opts, device, force, note=_note), out)
+
+
+def _note(message: str) -> None:
+    typer.secho(f"note: {message}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
 @handle_errors
-def run(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="open_clip architecture or project model. Default: every shipped toy model.")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of probe images. Default for toy models: a generated toy-world probe set (runs/_probe/toyworld, 5,000 images, seed 0).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<model>[-<weights>] in the current folder, or under $CLIP_INTERPRET_DATA_DIR).")] = None,
-    pretrained: Pretrained = None,
-    random_init: RandomInit = False,
-    seed: Seed = 0,
-    layers: Layers = None,
-    limit: Limit = None,
-    batch_size: BatchSize = 16,
-    workers: Workers = None,
-    chunk_size: ChunkSize = 512,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    pool: Pool = None,
-    k: K = 20,
-    rank: Rank = 80,
-    labeller: Labeller = "pool",
-    top_k: TopK = 5,
-    min_share: MinShare = 0.4,
-    overrides: Overrides = None,
-    llm_base_url: LlmUrl = None,
-    llm_model: LlmModel = None,
-    llm_timeout: LlmTimeout = 30.0,
-    template: Templates = None,
-    attributes: Attributes = None,
-    force: Force = False,
-    quiet: Quiet = False,
-):
+@option_groups
+def run(model: RunModel = None, images: RunImages = None, out: RunOut = None,
+        decompose_flags: DecomposeFlags = DecomposeFlags(), textspan_flags: TextspanFlags = TextspanFlags(),
+        label_flags: LabelFlags = LabelFlags(), score_flags: ScoreFlags = ScoreFlags(), force: Force = False,
+        quiet: Quiet = False):
     """Decompose, TEXTSPAN, label and score in one go; stages whose output is current are skipped."""
-    from precompute import pipeline, registry
-    from precompute.errors import InputError
-    from precompute.stage_decompose import DecomposeOptions
-    from precompute.stage_textspan import TextspanOptions
+    from precompute import pipeline
 
-    _check_positive(batch_size=batch_size, chunk_size=chunk_size)
+    request = pipeline.RunRequest(
+        decompose=_decompose_request(model, images, out, decompose_flags),
+        pool=textspan_flags.pool, k=textspan_flags.k, rank=textspan_flags.rank,
+        label=_label_options(label_flags), score=_score_options(label_flags.top_k, score_flags, quiet), force=force)
     _quiet_libraries()
-    base = pipeline.RunRequest(
-        model=model or "", images=images or paths.probe_dir(), out=out or Path(), pretrained=pretrained,
-        random_init=random_init, seed=seed, device=device, precision=precision,
-        decompose=DecomposeOptions(Path(), Path(), layers, limit, batch_size, workers, chunk_size),
-        textspan=TextspanOptions(pool, k, rank) if pool else None,
-        label=_label_options(labeller, top_k, min_share, overrides, llm_base_url, llm_model, llm_timeout),
-        score=_score_options(top_k, template, attributes, quiet), force=force,
-    )
-    if model is None:
-        if out is not None or pretrained or random_init:
-            raise InputError("--out, --pretrained and --random-init need --model (the default runs every toy model)")
-        requests = pipeline.default_requests(base, progress=not quiet)
-    else:
-        if images is None:
-            if registry.model_defaults(model).probe is None:
-                raise InputError(f"--images is needed for {model}; only toy models default to the toy-world probe set")
-            base = dataclasses.replace(base, images=pipeline.ensure_default_probe(not quiet))
-        requests = [dataclasses.replace(base, out=out or default_out(model, pretrained, random_init))]
-    if pool is None:
-        requests = [dataclasses.replace(r, textspan=TextspanOptions(pipeline.default_pool(r.model), k, rank))
-                    for r in requests]
-    for req in requests:
-        typer.echo(f"{req.model} -> {req.out}")
-        pipeline.run_pipeline(req, log=typer.echo, progress=not quiet)
-    typer.echo("open the dashboard: clip-interpret dashboard" + ("" if model is None else f" --data-dir {requests[0].out.parent}"))
+    (first, _), *_ = pipeline.run(request, log=typer.echo, progress=not quiet)
+    data_dir = "" if model is None else f" --data-dir {first.source.out.parent}"
+    typer.echo("open the dashboard: clip-interpret dashboard" + data_dir)
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """images -> decompose -> textspan -> label -> score, each stage skipped when its output is current.
 
-Also the embedded default: with no model and no images, every toy model shipped
-under ``data/models/`` on a toy-world probe set generated at a fixed seed, into
-the work folder (``paths.runs_dir()``: ./runs unless $CLIP_INTERPRET_DATA_DIR).
+A command of the CLI is one call here: a request (what the user said, ``None`` where they said nothing) is
+planned (every default resolved: the model's probe set, pool and run folder, or every shipped toy model) and
+the plan runs stage by stage. The embedded default: with no model and no images, every toy model shipped
+under ``data/models/`` on a toy-world probe set generated at a fixed seed, into the work folder
+(``paths.runs_dir()``: ./runs unless $CLIP_INTERPRET_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -16,31 +18,68 @@ from typing import Callable
 from precompute import paths, registry, schema, store
 from precompute.errors import InputError, RunDirError
 from precompute.pools import load_pool
-from precompute.stage_decompose import DecomposeOptions, run_decompose
+from precompute.stage_decompose import DecomposeOptions, DecomposeSummary, run_decompose
 from precompute.stage_label import LabelOptions, run_label
 from precompute.stage_score import ScoreOptions, run_score
-from precompute.stage_textspan import TextspanOptions, run_textspan
+from precompute.stage_textspan import DEFAULT_K, DEFAULT_RANK, TextspanOptions, run_textspan
 
 DEFAULT_PROBE_N = 5000
 DEFAULT_PROBE_SEED = 0
 
 
 @dataclass(frozen=True)
-class RunRequest:
-    """Everything `clip-interpret run` needs for one model."""
+class DecomposeRequest:
+    """A model, its weights and the images to decompose: what `decompose` takes and `run` shares.
 
-    model: str
-    images: Path
-    out: Path
+    ``None`` is the default, resolved by ``plan``: no model, every shipped toy model (`run` only); no images,
+    the model's generated probe set (toy models, `run` only); no out, ``default_out``.
+    """
+
+    model: str | None = None
+    images: Path | None = None
+    out: Path | None = None
     pretrained: str | None = None
     random_init: bool = False
     seed: int = 0
+    layers: str | None = None  # '-4:' or '8,9,10,11'; default the last 4
+    limit: int | None = None
+    batch_size: int = 16
+    workers: int | None = None
+    chunk_size: int = 512
     device: str = "auto"
     precision: str = "fp32"
-    decompose: DecomposeOptions | None = None  # images/out filled in from above
-    textspan: TextspanOptions | None = None  # default pool: toyworld for toy models, general otherwise
+
+    def load(self) -> registry.LoadedModel:
+        weights = registry.parse_weights(self.model, self.pretrained, self.random_init, self.seed)
+        return registry.load_model(registry.ModelSpec(self.model, weights, self.device, self.precision))
+
+    def options(self, progress: bool = True) -> DecomposeOptions:
+        """The decompose stage's options; images and out must be resolved."""
+        return DecomposeOptions(self.images, self.out, self.layers, self.limit, self.batch_size, self.workers,
+                                self.chunk_size, progress)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything `clip-interpret run` takes."""
+
+    decompose: DecomposeRequest = DecomposeRequest()
+    pool: str | None = None  # None: the model's pool (registry.model_defaults)
+    k: int = DEFAULT_K
+    rank: int = DEFAULT_RANK
     label: LabelOptions = LabelOptions()
     score: ScoreOptions = ScoreOptions()
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One model's run with every default resolved: what the stages are called with."""
+
+    source: DecomposeRequest  # model, images and out set
+    textspan: TextspanOptions
+    label: LabelOptions
+    score: ScoreOptions
     force: bool = False
 
 
@@ -54,6 +93,18 @@ class StageReport:
 
 def default_pool(model: str) -> str:
     return registry.model_defaults(model).pool
+
+
+def default_out(model: str, pretrained: str | None, random_init: bool) -> Path:
+    """The run folder when none is given: ``<work folder>/<model>[-<weights>]``."""
+    if random_init:
+        suffix = "-random"
+    elif not pretrained:
+        suffix = ""
+    else:
+        p = pretrained.removeprefix("local-dir:").rstrip("/")
+        suffix = "-" + (Path(p).stem if ("/" in p or "." in p) else p)
+    return paths.runs_dir() / f"{model}{suffix}"
 
 
 def toy_models() -> list[str]:
@@ -71,15 +122,68 @@ def ensure_default_probe(progress: bool = True, path: Path | None = None) -> Pat
     return path
 
 
-def default_requests(base: RunRequest | None = None, progress: bool = True) -> list[RunRequest]:
+def default_requests(base: DecomposeRequest = DecomposeRequest(), progress: bool = True) -> list[DecomposeRequest]:
     """One request per shipped toy model on the default probe set (the README's main command)."""
     models = toy_models()
     if not models:
         raise InputError(f"no toy models are shipped under {paths.MODELS_DIR}; pass --model and --images")
     probe = ensure_default_probe(progress)
     runs = paths.runs_dir()
-    template = base or RunRequest(model="", images=probe, out=runs)
-    return [replace(template, model=m, images=probe, out=runs / m) for m in models]
+    return [replace(base, model=m, images=probe, out=runs / m) for m in models]
+
+
+def plan(req: RunRequest, progress: bool = True) -> list[RunPlan]:
+    """One plan per model (the request's, or every shipped toy model), images, run folder and pool resolved."""
+    d = req.decompose
+    if d.model is None:
+        if d.out is not None or d.pretrained or d.random_init:
+            raise InputError("--out, --pretrained and --random-init need --model (the default runs every toy model)")
+        sources = default_requests(d, progress)
+    else:
+        images = d.images
+        if images is None:
+            if registry.model_defaults(d.model).probe is None:
+                raise InputError(f"--images is needed for {d.model}; only toy models default to the toy-world probe set")
+            images = ensure_default_probe(progress)
+        sources = [replace(d, images=images, out=d.out or default_out(d.model, d.pretrained, d.random_init))]
+    return [RunPlan(s, TextspanOptions(req.pool or default_pool(s.model), req.k, req.rank), req.label, req.score,
+                    req.force) for s in sources]
+
+
+def run(req: RunRequest, log: Callable[[str], None] = print,
+        progress: bool = True) -> list[tuple[RunPlan, list[StageReport]]]:
+    """`clip-interpret run`: plan, then every stage of every planned model."""
+    done = []
+    for p in plan(req, progress):
+        log(f"{p.source.model} -> {p.source.out}")
+        done.append((p, run_plan(p, log, progress)))
+    return done
+
+
+def decompose(req: DecomposeRequest, progress: bool = True) -> DecomposeSummary:
+    """`clip-interpret decompose`: the decompose stage alone, into ``req.out`` or ``default_out``."""
+    loaded = req.load()
+    out = req.out or default_out(req.model, req.pretrained, req.random_init)
+    return run_decompose(loaded, replace(req, out=out).options(progress))
+
+
+def textspan(run_dir: Path, pool: str | None = None, k: int = DEFAULT_K, rank: int = DEFAULT_RANK,
+             device: str = "auto", force: bool = False, progress: bool = True) -> bool:
+    """`clip-interpret textspan` on a run: its own model, and the model's pool unless one is given."""
+    loaded = loaded_for_run(run_dir, device)
+    opts = TextspanOptions(pool or default_pool(loaded.spec.architecture), k, rank, progress=progress)
+    return run_textspan(loaded, run_dir, opts, force)
+
+
+def score(run_dir: Path, opts: ScoreOptions, device: str = "auto", force: bool = False,
+          note: Callable[[str], None] = print) -> bool:
+    """`clip-interpret score` on a run; where its model cannot be loaded, zero-shot is skipped with a note."""
+    try:
+        loaded = loaded_for_run(run_dir, device)
+    except RunDirError as e:
+        note(f"{e}; zero-shot accuracy is skipped")
+        loaded = None
+    return run_score(run_dir, opts, loaded, force)
 
 
 def _clear_decompose(run_dir: Path) -> None:
@@ -93,18 +197,16 @@ def _clear_decompose(run_dir: Path) -> None:
         store.write_manifest(run_dir, manifest)
 
 
-def run_pipeline(req: RunRequest, log: Callable[[str], None] = print, progress: bool = True) -> list[StageReport]:
+def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = True) -> list[StageReport]:
     """Run every stage for one model; a stage whose output is current for the same inputs is skipped."""
-    ts = req.textspan or TextspanOptions(pool=default_pool(req.model))
-    load_pool(ts.pool)  # a bad pool fails now, not after a long decompose
-    weights = registry.parse_weights(req.model, req.pretrained, req.random_init, req.seed)
-    loaded = registry.load_model(registry.ModelSpec(req.model, weights, req.device, req.precision))
-    out = Path(req.out)
+    load_pool(p.textspan.pool)  # a bad pool fails now, not after a long decompose
+    loaded = p.source.load()
+    out = Path(p.source.out)
     reports = []
 
     t0 = time.perf_counter()
-    dec = replace(req.decompose or DecomposeOptions(req.images, out), images=req.images, out=out, progress=progress)
-    if req.force and store.read_manifest(out) is not None:
+    dec = replace(p.source, out=out).options(progress)
+    if p.force and store.read_manifest(out) is not None:
         from precompute.stage_decompose import _check_existing, model_record
         from precompute.registry import parse_layers
 
@@ -115,11 +217,11 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print, progress: 
                                f"{summary.images} images, {len(summary.skipped)} skipped"))
     log(_line(reports[-1]))
 
-    ts = replace(ts, progress=progress)
+    ts = replace(p.textspan, progress=progress)
     for stage, fn in (
-        ("textspan", lambda: run_textspan(loaded, out, ts, force=req.force)),
-        ("label", lambda: run_label(out, req.label, force=req.force)),
-        ("score", lambda: run_score(out, replace(req.score, progress=progress), loaded, force=req.force)),
+        ("textspan", lambda: run_textspan(loaded, out, ts, force=p.force)),
+        ("label", lambda: run_label(out, p.label, force=p.force)),
+        ("score", lambda: run_score(out, replace(p.score, progress=progress), loaded, force=p.force)),
     ):
         t0 = time.perf_counter()
         ran = fn()

@@ -231,18 +231,39 @@ def test_run_on_a_shipped_toy_model_scores_labels_against_ground_truth(tmp_path)
     assert again.output.count("current, skipped") == 4
 
 
-def test_default_run_covers_every_shipped_toy_model_into_runs_under_the_current_folder(tmp_path, monkeypatch):
+def test_default_run_plans_every_shipped_toy_model_into_runs_under_the_current_folder(tmp_path, monkeypatch):
     from precompute import pipeline
     from precompute.paths import ENV_DATA_DIR
 
     monkeypatch.setattr(pipeline, "DEFAULT_PROBE_N", 20)
     monkeypatch.delenv(ENV_DATA_DIR, raising=False)
     monkeypatch.chdir(tmp_path)
-    requests = pipeline.default_requests(progress=False)
-    assert [r.model for r in requests] == ["toy-s", "toy-m", "toy-l"]
-    assert {r.out for r in requests} == {tmp_path / "runs" / m for m in ("toy-s", "toy-m", "toy-l")}
-    assert (tmp_path / "runs" / "_probe" / "toyworld" / "attributes.parquet").is_file()
-    assert all(pipeline.default_pool(r.model) == "toyworld" for r in requests)
+    plans = pipeline.plan(pipeline.RunRequest(), progress=False)
+    probe = tmp_path / "runs" / "_probe" / "toyworld"
+    assert [p.source.model for p in plans] == ["toy-s", "toy-m", "toy-l"]
+    assert [p.source.out for p in plans] == [tmp_path / "runs" / m for m in ("toy-s", "toy-m", "toy-l")]
+    assert (probe / "attributes.parquet").is_file() and all(p.source.images == probe for p in plans)
+    assert all(p.textspan.pool == "toyworld" for p in plans)
+    (other,) = pipeline.plan(pipeline.RunRequest(pipeline.DecomposeRequest("ViT-B-32", tmp_path, random_init=True),
+                                                 k=7), progress=False)
+    assert other.source.out == tmp_path / "runs" / "ViT-B-32-random"
+    assert (other.textspan.pool, other.textspan.k) == ("general", 7)
+
+
+def test_run_has_every_option_of_the_stage_commands_with_the_same_flags_default_and_help():
+    """Every option of decompose, textspan, label and score is an option of `run` with the same flags and help.
+
+    --model, --images and --out are declared per command (their defaults differ); --device and --quiet
+    are shared; --top-k of `score` is --top-k of `run`, which feeds the label and score stages alike.
+    """
+    root = typer.main.get_command(app)
+    run = {p.name: p for p in root.commands["run"].params}
+    for name in ("decompose", "textspan", "label", "score"):
+        for p in root.commands[name].params:
+            if p.name in ("model", "images", "out"):
+                continue
+            same = run[p.name]
+            assert (same.opts, same.default, same.help) == (p.opts, p.default, p.help), (name, p.name)
 
 
 def test_score_rebuilds_heads_from_the_stored_spans_exactly_as_a_recomputed_textspan(tiny_run):
