@@ -186,13 +186,6 @@ class ScoreFlags:
     attributes: Attributes = None
 
 
-def default_out(model: str, pretrained: str | None, random_init: bool) -> Path:
-    """The run folder `decompose` and `run` write without --out (``pipeline.default_out``)."""
-    from precompute.pipeline import default_out as library_default
-
-    return library_default(model, pretrained, random_init)
-
-
 def _decompose_request(model: str | None, images: Path | None, out: Path | None, flags: DecomposeFlags):
     from precompute.errors import InputError
     from precompute.pipeline import DecomposeRequest

@@ -39,7 +39,7 @@ print(json.dumps({
     "toy_s": None if weights is None else str(weights / "open_clip_model.safetensors"),
     "pool": str(pools.load_pool("toyworld").source),
     "examples": str(labels_llm.DEFAULT_EXAMPLES),
-    "run_out": str(cli.default_out("toy-s", None, False).absolute()),
+    "run_out": str(pipeline.default_out("toy-s", None, False).absolute()),
     "probe": str(pipeline.ensure_default_probe(progress=False).absolute()),
     "dashboard": str(settings.resolve_data_dir([], {})),
 }))
