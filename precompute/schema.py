@@ -46,6 +46,15 @@ LABEL_OVERRIDES_FILE = "label_overrides.csv"  # layer,head,property[,author,note
 ATTRIBUTES_FILE = "attributes.parquet"  # in a probe folder, not a run folder: ground-truth attributes per image
 
 STAGES = ("decompose", "textspan", "label", "score")  # the order they run in; each depends on the one before
+# What each stage writes (head parts: every file under HEAD_VECTORS_DIR); the manifest's ``files`` records
+# them and precompute/verify.py checks them.
+STAGE_FILES = {
+    "decompose": (IMAGES_FILE, IMAGE_EMBEDDINGS_FILE, HEAD_VECTORS_DIR),
+    "textspan": (TEXTS_FILE, HEAD_TEXTS_FILE, HEAD_SPANS_FILE, HEAD_SUMMARY_FILE),
+    "label": (HEAD_LABELS_FILE,),
+    "score": (HEAD_SCORES_FILE, MODEL_SCORES_FILE),
+}
+OPTIONAL_FILES = (HEAD_SPANS_FILE, HEAD_SUMMARY_FILE)  # absent from runs made before they were written
 
 VECTOR = pa.list_(pa.float32())
 
