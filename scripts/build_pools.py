@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from precompute.pools import POOLS_DIR, normalise
+from precompute.store import write_bytes_atomic
 from precompute.toyworld.captions import ATTRIBUTES, plural
 
 TOY_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -274,7 +275,7 @@ def build(out_dir: Path = POOLS_DIR) -> list[Path]:
     paths = []
     for name, rows in (("toyworld", toyworld_rows()), ("general", general_rows())):
         path = out_dir / f"{name}.csv"
-        path.write_text(to_csv(dedupe(rows)), encoding="utf-8")
+        write_bytes_atomic(path, to_csv(dedupe(rows)).encode("utf-8"))
         paths.append(path)
     return paths
 

@@ -6,8 +6,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Before torch loads: spinning OpenMP waits make 2 threads ~10x slower when the other core is busy (as the CLI does)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from precompute.runtime import passive_openmp  # noqa: E402 (imports no torch)
+
+passive_openmp()  # before torch loads, as the CLI does: spinning waits make 2-thread tests ~10x slower on a busy core
 
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
