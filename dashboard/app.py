@@ -21,7 +21,7 @@ passive_openmp()  # before anything loads torch
 import streamlit as st  # noqa: E402
 
 from dashboard import state, widgets  # noqa: E402
-from precompute.errors import InputError  # noqa: E402
+from precompute.errors import InputError, InterpretError  # noqa: E402
 
 PAGES = widgets.PAGES
 
@@ -33,12 +33,15 @@ try:
 except InputError:
     catalog = None
 
+missing_run = None
 if catalog is None or not catalog.runs:
     st.session_state["_problems"] = catalog.problems if catalog else []
     page = st.navigation([st.Page(PAGES / "welcome.py", title="Getting started", icon=":material/info:",
                                   url_path="welcome", default=True)])
 else:
+    missing_run = widgets.linked_run_missing(catalog)  # before the picker puts a run of its own in the URL
     widgets.run_picker(catalog)
+    widgets.runs_health(catalog)
     st.sidebar.caption(f"{len(catalog.runs)} run{'s' if len(catalog.runs) != 1 else ''} in `{data_dir}`")
     page = st.navigation({
         "Explore": [
@@ -62,4 +65,9 @@ else:
             st.Page(PAGES / "sql.py", title="SQL", icon=":material/database:", url_path="sql"),
         ],
     })
-page.run()
+if missing_run is not None:
+    widgets.refuse_run_link(catalog, missing_run)
+try:
+    page.run()
+except InterpretError as e:  # a domain error no page caught (a damaged file, say): its message, never a traceback
+    widgets.fail(e)

@@ -22,6 +22,9 @@ run reads that run's files only, listed in ``_catalog.files``, with
 ``read_parquet(?)``: a ``run = ?`` filter on a union view cannot prune the other runs
 (a parameter is not a constant when the plan is made), so one corrupt or huge run
 would slow or break every page. ``head_vectors`` opens only that head's files.
+``_catalog.files`` lists every file discovery found, unreadable ones too, so a read of a
+damaged file fails with ``DamagedFileError`` naming it (never an empty answer, never a
+DuckDB traceback).
 Ad hoc SQL from users goes through ``dashboard.user_sql``, never this connection.
 """
 
@@ -33,11 +36,16 @@ import os
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dashboard.rundirs import discover_runs
 from dashboard.views import VIEW_SCHEMAS, create_views
 from precompute import derived, schema, store
-from precompute.errors import InputError
+from precompute.errors import InputError, InterpretError
+
+# What reading a damaged file raises: DuckDB's "No magic bytes found", "too small to be a Parquet file",
+# "No files found" (removed since the run was found), and Arrow's and the OS's own errors.
+READ_ERRORS = (duckdb.IOException, duckdb.InvalidInputException, pa.ArrowException, OSError)
 
 RUNS_SQL = "SELECT * FROM runs"
 RUN_SQL = "SELECT * FROM runs WHERE run = ?"
@@ -104,6 +112,41 @@ def connect(data_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
 # --------------------------------------------------------------------------- queries
 
 
+class DamagedFileError(InterpretError):
+    """A run's file that cannot be read: truncated, corrupt, or removed since the run was found."""
+
+    def __init__(self, run: str, run_dir: str, path: str, reason: str):
+        self.run, self.run_dir, self.path, self.reason = run, run_dir, path, reason
+        self.file = os.path.relpath(path, run_dir) if path.startswith(run_dir) else path
+        super().__init__(f"run {run!r}: the file {self.file} cannot be read ({reason})")
+
+
+def _bad_file(files: list[str], message: str) -> str:
+    """The file of ``files`` an error is about: the one it names, else the first whose footer fails."""
+    named = [f for f in files if f in message]
+    if named:
+        return max(named, key=len)
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, pa.ArrowException):
+            return f
+    return files[0] if len(files) == 1 else f"{os.path.dirname(files[0])} ({len(files)} files)"
+
+
+def _read(con: duckdb.DuckDBPyConnection, run: str, files: list[str], sql: str, params: list | tuple = (),
+          *, files_first: bool = True) -> pa.Table:
+    """``sql`` over one run's ``files`` (its first parameter unless ``files_first`` is False: then ``params`` hold
+    them); a damaged file raises DamagedFileError naming it."""
+    try:
+        return _fetch(con, sql, [files, *params] if files_first else params)
+    except READ_ERRORS as e:
+        bad = _bad_file(files, str(e))
+        reason = str(e).splitlines()[0].removeprefix("Invalid Input Error: ").removeprefix("IO Error: ")
+        reason = reason.replace(bad, os.path.basename(bad))
+        raise DamagedFileError(run, run_info(con, run)["path"], bad, reason) from None
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | tuple = ()) -> pa.Table:
     """Run one query on its own cursor and return Arrow."""
     cur = con.cursor()
@@ -147,7 +190,7 @@ def _run_table(con: duckdb.DuckDBPyConnection, run: str, table: str, sql: str, p
     if not files:
         empty = VIEW_SCHEMAS[table].empty_table()
         return empty.select(columns) if columns else empty
-    return _fetch(con, sql, [files, *params])
+    return _read(con, run, files, sql, params)
 
 
 def _stages(con: duckdb.DuckDBPyConnection, run: str) -> str:
@@ -174,7 +217,7 @@ def head_vectors(con: duckdb.DuckDBPyConnection, run: str, layer: int, head: int
         heads = f"0..{info['heads'] - 1}" if info["heads"] else "unknown"
         raise InputError(f"run {run!r} has no head vectors for layer {layer} head {head}; its manifest lists "
                          f"layers {layers}, heads {heads} (stages done: {_stages(con, run)})")
-    return _ids_and_vectors(_fetch(con, HEAD_VECTORS_SQL, [files]), "vector")
+    return _ids_and_vectors(_read(con, run, files, HEAD_VECTORS_SQL), "vector")
 
 
 def image_embeddings(con: duckdb.DuckDBPyConnection, run: str) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +225,7 @@ def image_embeddings(con: duckdb.DuckDBPyConnection, run: str) -> tuple[np.ndarr
     files = run_files(con, run, "image_embeddings")
     if not files:
         raise InputError(f"run {run!r} has no image embeddings yet (stages done: {_stages(con, run)})")
-    return _ids_and_vectors(_fetch(con, IMAGE_EMBEDDINGS_SQL, [files]), "embedding")
+    return _ids_and_vectors(_read(con, run, files, IMAGE_EMBEDDINGS_SQL), "embedding")
 
 
 def thumbnails(con: duckdb.DuckDBPyConnection, run: str, image_ids) -> list[bytes | None]:
@@ -297,5 +340,5 @@ def head_overview(con: duckdb.DuckDBPyConnection, run: str, top: int = 3) -> pa.
                          "texts": pa.array([], pa.string())})
     picks = run_files(con, run, "head_texts")
     if not picks:
-        return _fetch(con, HEAD_OVERVIEW_NO_TEXTS_SQL, [labels])
-    return _fetch(con, HEAD_OVERVIEW_SQL, [labels, picks, int(top)])
+        return _read(con, run, labels, HEAD_OVERVIEW_NO_TEXTS_SQL)
+    return _read(con, run, labels + picks, HEAD_OVERVIEW_SQL, [labels, picks, int(top)], files_first=False)

@@ -11,7 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import analysis, charts, data, state, urlstate
-from dashboard.widgets import RunContext, download_csv, fail, stage_hint, thumbnail_grid
+from dashboard.widgets import (RunContext, coverage_note, download_csv, fail, repair_hint, stage_hint,
+                               thumbnail_grid)
 from precompute import schema
 from precompute.errors import InterpretError
 from precompute.labels import MIXED, head_name, load_overrides, write_override
@@ -118,10 +119,16 @@ def top_images_section(ctx: RunContext, layer: int, head: int, picks: pd.DataFra
         m = state.head_matrix(ctx.cat, ctx.name, layer, head)
     except InterpretError as e:
         fail(e)
+    coverage_note(ctx, m, head_name(layer, head))
     if how == "text":
         frame, emb = state.text_table(ctx.cat, ctx.name)
         top = picks.iloc[0]
-        direction = emb[frame.index[frame["text_id"] == top["text_id"]][0]]  # [D]
+        found = frame.index[frame["text_id"] == top["text_id"]]
+        if not len(found):
+            fail(InterpretError(f"run {ctx.name!r}: text {top['text_id']} of {head_name(layer, head)}'s picks is "
+                                f"not in {schema.TEXTS_FILE} ({len(frame):,} texts). "
+                                + repair_hint(ctx.cat.health.get(ctx.name), ctx.path, schema.TEXTS_FILE)))
+        direction = emb[found[0]]  # [D]
         rows, proj = analysis.top_along(m.vectors, direction, 12)
         st.caption(f"Images whose r[{layer},{head}] points furthest along the text **“{top['text']}”** "
                    "(dot product with its normalised embedding): what this head adds toward that text.")

@@ -50,6 +50,7 @@ class Discovery:
     data_dir: str
     runs: tuple[Run, ...]
     problems: tuple[tuple[str, str], ...] = field(default=())  # (path, message)
+    skipped: Mapping[str, str] = field(default_factory=dict)  # name of a folder with an unusable manifest -> why
 
     def files(self) -> list[str]:
         """Every Parquet file a view reads."""
@@ -61,13 +62,15 @@ def discover_runs(data_dir: str | os.PathLike) -> Discovery:
     root = os.path.abspath(data_dir)
     if not os.path.isdir(root):
         raise InputError(f"data folder {root} does not exist; pass the folder the precompute wrote runs into")
-    runs, problems = [], []
+    runs, problems, skipped = [], [], {}
     for folder in _run_dirs(root, MAX_DEPTH):
         run, run_problems = _load_run(root, folder)
         problems += run_problems
         if run is not None:
             runs.append(run)
-    return Discovery(root, tuple(runs), tuple(problems))
+        else:
+            skipped[_run_name(root, folder)] = run_problems[0][1]
+    return Discovery(root, tuple(runs), tuple(problems), skipped)
 
 
 def _skipped(name: str) -> bool:

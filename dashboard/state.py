@@ -1,7 +1,9 @@
 """Everything the dashboard caches, and the only ``st.cache_*`` code.
 
-- the catalog: a DuckDB connection over the runs (``data.connect``), cached per data
-  folder and rebuilt when the runs on disk change (a manifest rewritten, a file added);
+- the catalog: a DuckDB connection over the runs (``data.connect``) and each run's cheap
+  health check (``precompute.verify.check_run``: sizes, footers, coverage), cached per data
+  folder and rebuilt when the runs on disk change (a manifest rewritten, a file added,
+  removed or truncated: every file's size and mtime are in the fingerprint);
 - per-(run, layer, head) matrices of head vectors and property means, in float16, in one
   cache capped in bytes ($CLIP_INTERPRET_CACHE_MB, see ``dashboard.memcache``), and each
   head's principal direction (stored by the precompute in ``head_summary.parquet`` when
@@ -23,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -31,7 +34,7 @@ from PIL import Image
 
 from dashboard import analysis, data, live, memcache
 from dashboard.rundirs import Discovery, discover_runs
-from precompute import registry, store
+from precompute import registry, store, verify
 from precompute.decompose import Decomposer
 from precompute.errors import InterpretError
 from precompute.labels import head_name
@@ -45,26 +48,50 @@ MODEL_RETRY_S = 60.0  # a model that failed to load is tried again after this lo
 
 @dataclass(frozen=True)
 class Catalog:
-    """The runs under one data folder and the connection whose views read them."""
+    """The runs under one data folder, the connection whose views read them, and each run's health."""
 
     data_dir: str
     con: duckdb.DuckDBPyConnection
     runs: dict[str, dict]  # run name -> its row of the ``runs`` view
     keys: dict[str, str]  # run name -> cache key: path + manifest stamp
     problems: list[str]
+    health: dict[str, verify.Health] = field(default_factory=dict)  # run name -> the cheap check
+    skipped: dict[str, str] = field(default_factory=dict)  # folder with an unusable manifest -> why
+
+    def damaged(self) -> list[str]:
+        """Names of the runs whose cheap check found a problem."""
+        return [name for name, h in self.health.items() if not h.ok]
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st_ = os.stat(path)
+    except OSError:
+        return None
+    return st_.st_mtime_ns, st_.st_size
 
 
 def _fingerprint(found: Discovery) -> str:
-    parts = [(r.name, r.stamp, sorted((t, len(f), f[:1], f[-1:]) for t, f in r.tables.items())) for r in found.runs]
+    """Changes when a manifest or any file of a run changes on disk (added, removed, truncated, rewritten)."""
+    parts = [(r.name, r.stamp, sorted((t, [(f, _stat(f)) for f in files]) for t, files in r.tables.items()))
+             for r in found.runs]
     return hashlib.sha1(repr((parts, found.problems)).encode()).hexdigest()
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
+def _health(path: str) -> verify.Health:
+    try:
+        return verify.check_run(Path(path))
+    except (InterpretError, OSError) as e:  # a run removed while it was checked, say
+        return verify.Health(Path(path), False, (verify.Problem(".", "unreadable", str(e)),))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Checking the runs ...")
 def _catalog(data_dir: str, fingerprint: str, _found: Discovery) -> Catalog:
     con = data.connect(data_dir)
     rows = {r["run"]: r for r in data.runs(con).to_pylist()}
     keys = {r.name: f"{r.path}@{r.stamp[0]}:{r.stamp[1]}" for r in _found.runs}
-    return Catalog(data_dir, con, rows, keys, data.run_problems(con))
+    health = {r.name: _health(r.path) for r in _found.runs}
+    return Catalog(data_dir, con, rows, keys, data.run_problems(con), health, dict(_found.skipped))
 
 
 def catalog(data_dir: str) -> Catalog:
@@ -174,9 +201,11 @@ def _mean_of(cat: Catalog, run: str, heads: tuple[tuple[int, int], ...]) -> Head
         if first is None:
             first, total = ids, vectors.astype(np.float32, copy=True)
             continue
-        if not np.array_equal(ids, first):
-            raise InterpretError(f"run {run!r}: heads {head_name(layer, head)} and {head_name(*heads[0])} "
-                                 "cover different images; rerun the decompose stage")
+        if not np.array_equal(ids, first):  # a head lacks a part: the mean over the images every head covers
+            common = np.intersect1d(first, ids, assume_unique=True)
+            keep = np.isin(first, common)
+            first, total = first[keep], total[keep]
+            vectors = vectors[np.isin(ids, common)]
         total += vectors
     total /= len(heads)  # in place: one [n, D] float32 less at the peak
     return _frozen(first, total)
@@ -186,7 +215,8 @@ def mean_matrix(cat: Catalog, run: str, heads: list[tuple[int, int]]) -> HeadMat
     """Mean of r[l,h] over ``heads`` for every dataset image (the property vector of analysis 1).
 
     The heads are summed one at a time and not cached themselves, so a property of many heads
-    does not push the heads a user is browsing out of the cache.
+    does not push the heads a user is browsing out of the cache. When a head lacks a part, the
+    mean covers the images every head has (the page says how many).
     """
     heads = tuple(sorted((int(l), int(h)) for l, h in heads))
 

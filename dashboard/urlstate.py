@@ -49,6 +49,11 @@ def seed(key: str, param: str, parse: Callable[[str], Any] = str,
         st.session_state[key] = sticky[param]
 
 
+def is_new(param: str, raw: str) -> bool:
+    """Whether the URL's ``raw`` value of ``param`` has not been applied in this session yet (a fresh link)."""
+    return _memory(_APPLIED).get(param) != raw
+
+
 def publish(param: str, value: Any, to_text: Callable[[Any], str] = str) -> None:
     """Write the shown value to the URL (None removes the parameter) and remember it."""
     applied, sticky = _memory(_APPLIED), _memory(_STICKY)

@@ -34,7 +34,9 @@ Files
     Views read explicit lists of the Parquet files discovery found (never a glob, so
     files still being written are never picked up), with every column cast to its
     schema type. ``_catalog.files`` (run, "table", layer, head, path) lists them too,
-    so a query for one run, or one head, can read exactly its own files.
+    so a query for one run, or one head, can read exactly its own files; it lists
+    the files of a table whose footer DuckDB could not bind as well (that table's
+    views are empty and a problem line says why).
 
 View definitions cannot take parameters, so file paths and run names (folder names,
 never text a user typed) are quoted into them with ``literal`` and ``ident``.
@@ -165,8 +167,9 @@ def create_views(con: duckdb.DuckDBPyConnection, found: Discovery) -> None:
         con.executemany(INSERT_RUN_SQL, [run_row(r) for r in found.runs])
     if problems:
         con.executemany(INSERT_PROBLEM_SQL, problems)
-    files = [file_row(run, view, path) for view, by_run in selects.items() for run in found.runs
-             if run.name in by_run for path in run.tables[view]]
+    # every file found, readable or not: a query for an unreadable one then fails naming it, where an
+    # unlisted file would read as an empty table ("has no images", "no scores")
+    files = [file_row(run, view, path) for run in found.runs for view, paths in run.tables.items() for path in paths]
     if files:
         con.executemany(INSERT_FILE_SQL, files)
 

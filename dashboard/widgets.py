@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, exports, hints, settings, state, urlstate
+from precompute import verify
 from precompute.errors import InterpretError
 from precompute.labels import head_name
 
@@ -30,8 +31,78 @@ def data_dir() -> str:
 
 
 def fail(error: Exception) -> None:
-    """Show a domain error as the page's message and stop the page (never a stack trace)."""
-    st.error(str(error))
+    """Show a domain error as the page's message and stop the page (never a stack trace).
+
+    A damaged file's message also names the command that repairs its run.
+    """
+    text = str(error)
+    if isinstance(error, data.DamagedFileError):
+        cat = _catalog_or_none()
+        text += ". " + repair_hint(cat.health.get(error.run) if cat else None, error.run_dir, error.file)
+    st.error(text)
+    st.stop()
+
+
+def _catalog_or_none() -> state.Catalog | None:
+    try:
+        return state.catalog(data_dir())
+    except InterpretError:
+        return None
+
+
+def repair_hint(health: verify.Health | None, run_dir: str, file: str | None = None) -> str:
+    """'Repair the run with `...`': the health check's command, else the one that redoes ``file``'s stage."""
+    command = health.repair_command() if health is not None else ""
+    if not command:
+        manifest = (health.manifest if health is not None else None) or {}
+        command = verify.repair_command(Path(run_dir), manifest, [verify.stage_of(file)] if file else [])
+    return f"Repair the run with `{command}` (it redoes only what is damaged and what was computed from it)."
+
+
+def health_line(cat: state.Catalog, name: str) -> None:
+    """The run's health: a caption when the cheap check passes, else a warning naming the damaged files and the
+    command that repairs them."""
+    health = cat.health.get(name)
+    if health is None:
+        return
+    if health.ok:
+        st.caption(f"Health: {health.summary()}")
+        return
+    lines = "\n".join(f"- `{p.path}` {p.detail}" for p in health.problems[:8])
+    more = f"\n- ... and {len(health.problems) - 8:,} more" if len(health.problems) > 8 else ""
+    st.warning(f"**Run {name} is damaged**: {health.summary()}.\n\n{lines}{more}\n\n"
+               + repair_hint(health, str(health.run_dir)), icon=":material/report:")
+
+
+def runs_health(cat: state.Catalog) -> None:
+    """The sidebar's health line: every run checks out, or which runs are damaged and which were skipped."""
+    damaged, skipped = cat.damaged(), sorted(cat.skipped)
+    if not damaged and not skipped:
+        st.sidebar.caption(f"Health: all {len(cat.runs)} run{'s' if len(cat.runs) != 1 else ''} check out "
+                           "(sizes, footers, coverage).")
+        return
+    lines = [f"- **{n}**: {cat.health[n].summary()}" for n in damaged]
+    lines += [f"- **{n}** (not shown): {cat.skipped[n]}" for n in skipped]
+    fine = len(cat.runs) - len(damaged)
+    st.sidebar.warning("Damaged runs:\n" + "\n".join(lines) + (f"\n\n{fine:,} other run{'s' if fine != 1 else ''} "
+                       "check out." if fine else ""), icon=":material/report:")
+
+
+def linked_run_missing(cat: state.Catalog) -> str | None:
+    """The run a just-opened link names when there is no such run to show (call before ``run_picker``)."""
+    asked = st.query_params.get("run")
+    if asked is None or asked in cat.runs or not urlstate.is_new("run", asked):
+        return None
+    return asked
+
+
+def refuse_run_link(cat: state.Catalog, asked: str) -> None:
+    """Say why the link's run cannot be shown, instead of silently showing another one, and stop the page."""
+    if asked in cat.skipped:
+        why = f"it was skipped: {cat.skipped[asked]}"
+    else:
+        why = f"there is no run of that name under `{cat.data_dir}` (runs: {', '.join(sorted(cat.runs))})"
+    st.error(f"The link names run **{asked}**, which cannot be shown: {why}. Choose a run in the sidebar.")
     st.stop()
 
 
@@ -82,8 +153,10 @@ class RunContext:
 def run_picker(cat: state.Catalog) -> str:
     """The sidebar's run selector (permalink ``run``)."""
     names = sorted(cat.runs)
+    damaged = set(cat.damaged())
     return urlstate.selectbox("Run", names, key=RUN_KEY, param="run", container=st.sidebar,
-                              format_func=lambda n: f"{n}  ({cat.runs[n]['architecture']})",
+                              format_func=lambda n: f"{n}  ({cat.runs[n]['architecture']})"
+                                                    + ("  · damaged" if n in damaged else ""),
                               help="Every run found under the data folder; one model each.")
 
 
@@ -116,6 +189,7 @@ def run_page(title: str, needs: str) -> RunContext:
     ctx = current_run()
     st.title(title)
     st.caption(f"Run **{ctx.name}** · {ctx.describe()}")
+    health_line(ctx.cat, ctx.name)
     need_stage(ctx, needs)
     return ctx
 
@@ -199,6 +273,27 @@ def download_table(table, file_stem: str, key: str) -> None:
                          f"CSV, over the {exports.MAX_CSV_BYTES // 2**20} MiB limit: download Parquet")
     right.download_button("Download Parquet", lambda: exports.to_parquet(table), file_name=f"{file_stem}.parquet",
                           mime="application/vnd.apache.parquet", key=f"{key}.parquet", on_click="ignore")
+
+
+def coverage_note(ctx: RunContext, m: state.HeadMatrix, what: str) -> None:
+    """A warning where neighbours are shown when ``what`` (a head, or a property's heads) covers fewer images than
+    the run has: the search runs over those only."""
+    total = len(state.image_table(ctx.cat, ctx.name))
+    if len(m.ids) >= total:
+        return
+    st.warning(f"{what} covers {len(m.ids):,} of {total:,} images (a head vector file is missing or unreadable): "
+               "neighbours are searched among those only. " + repair_hint(ctx.cat.health.get(ctx.name), ctx.path),
+               icon=":material/report:")
+
+
+def covered_row(ctx: RunContext, m: state.HeadMatrix, image_id: int, what: str) -> int:
+    """The row of a dataset image in ``m``; stops the page when ``what`` does not cover that image."""
+    row = m.row_of(image_id)
+    if row is None:
+        fail(InterpretError(f"run {ctx.name!r}: {what} has no vector for image {image_id} (it covers "
+                            f"{len(m.ids):,} of the run's images); choose another image. "
+                            + repair_hint(ctx.cat.health.get(ctx.name), ctx.path)))
+    return row
 
 
 def show_neighbours(ctx: RunContext, frame: pd.DataFrame, file_stem: str, key: str) -> None:

@@ -19,9 +19,10 @@ with left:
     q = imagesource.image_picker(ctx, "inn")
 
 m = state.head_matrix(ctx.cat, ctx.name, layer, head)
+widgets.coverage_note(ctx, m, head_name(layer, head))
 exclude = None
 if q.is_dataset:
-    exclude = m.row_of(q.image_id)
+    exclude = widgets.covered_row(ctx, m, q.image_id, head_name(layer, head))
     query = m.vectors[exclude]  # [D], straight from the run: no model needed
 else:
     bundle = imagesource.require_model(ctx, "an uploaded image")

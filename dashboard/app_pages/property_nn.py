@@ -25,9 +25,10 @@ with left:
     q = imagesource.image_picker(ctx, "pnn")
 
 m = state.mean_matrix(ctx.cat, ctx.name, heads)
+widgets.coverage_note(ctx, m, f"The {prop} heads' mean")
 exclude = None
 if q.is_dataset:
-    exclude = m.row_of(q.image_id)
+    exclude = widgets.covered_row(ctx, m, q.image_id, f"the {prop} heads' mean")
     query = m.vectors[exclude]  # [D]
 else:
     bundle = imagesource.require_model(ctx, "an uploaded image")

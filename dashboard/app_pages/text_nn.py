@@ -22,6 +22,7 @@ if not text:
 
 query = state.text_embedding(bundle, text)  # [D], normalised
 m = state.head_matrix(ctx.cat, ctx.name, layer, head)
+widgets.coverage_note(ctx, m, head_name(layer, head))
 rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k)
 frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
                               layer=layer, head=head, text=text, similarity="cosine" if cosine else "dot")

@@ -179,3 +179,18 @@ def test_versioned_cache_builds_once_per_version_however_many_threads_ask():
     assert cache.get("dir", "v1", lambda: build("v1")) in first
     assert cache.get("dir", "v2", lambda: build("v2")) not in first and builds == ["v1", "v2"]
     assert cache.get("other", "v2", lambda: build("v2")) is not cache.get("dir", "v2", lambda: build("v2"))
+
+
+def test_the_catalog_is_rebuilt_when_a_file_is_truncated_or_removed_in_place(tmp_path):
+    from dashboard.rundirs import discover_runs
+    from tests.fixtures.runs import make_run
+
+    make_run(tmp_path, "r", parts=2)
+    part = tmp_path / "r" / "head_vectors" / "layer=2" / "head=0" / "part-00001.parquet"
+    before = state._fingerprint(discover_runs(tmp_path))
+    assert state._fingerprint(discover_runs(tmp_path)) == before
+    part.write_bytes(part.read_bytes()[:10])  # same names, same manifest: only its size tells
+    truncated = state._fingerprint(discover_runs(tmp_path))
+    assert truncated != before
+    part.unlink()
+    assert state._fingerprint(discover_runs(tmp_path)) not in (before, truncated)

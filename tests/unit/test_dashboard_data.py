@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -216,8 +215,9 @@ def test_reading_one_head_reads_only_that_heads_files(tmp_path):
     other = run.path / "head_vectors" / "layer=3" / "head=1" / "part-00001.parquet"
     other.write_bytes(b"corrupt")
     con = data.connect(tmp_path)
-    with pytest.raises(duckdb.Error, match="part-00001.parquet"):  # the corruption is real ...
-        data.head_vectors(con, "r", 3, 1)
+    with pytest.raises(data.DamagedFileError, match=r"run 'r': the file head_vectors/layer=3/head=1/part-00001.parquet "
+                       r"cannot be read \(File 'part-00001.parquet' too small to be a Parquet file\)"):
+        data.head_vectors(con, "r", 3, 1)  # the corruption is real, and named ...
     ids, vectors = data.head_vectors(con, "r", 2, 1)  # ... and never touched when reading another head
     np.testing.assert_array_equal(vectors, run.head_vectors[(2, 1)])
     # the views prune hive partitions too when layer and head are constants
@@ -302,13 +302,48 @@ def test_a_query_about_one_run_never_reads_another_runs_files(tmp_path):
     con = data.connect(tmp_path)
     for path in bad.path.rglob("*.parquet"):  # every file of the other run breaks after connecting
         path.write_bytes(b"corrupt")
-    with pytest.raises(duckdb.Error, match="corrupt|too small|Parquet"):
+    with pytest.raises(data.DamagedFileError, match="the file image_embeddings.parquet cannot be read"):
         data.image_embeddings(con, "bad")
     np.testing.assert_array_equal(data.head_vectors(con, "good", 2, 0)[1], good.head_vectors[(2, 0)])
     np.testing.assert_array_equal(data.image_embeddings(con, "good")[1], good.embeddings)
     assert len(data.thumbnails(con, "good", [100])[0]) > 0 and data.image_meta(con, "good").num_rows == 6
     assert data.texts(con, "good").num_rows == 10 and data.head_texts(con, "good", 2, 0).num_rows == 3
     assert data.head_labels(con, "good").num_rows == 4 and data.head_scores(con, "good").num_rows == 4
+
+
+def test_a_table_unreadable_when_the_runs_are_found_is_an_error_naming_it_not_an_empty_table(tmp_path):
+    make_run(tmp_path, "r")
+    for name in ("texts.parquet", "images.parquet", "head_scores.parquet", "head_labels.parquet"):
+        raw = (tmp_path / "r" / name).read_bytes()
+        (tmp_path / "r" / name).write_bytes(raw[: len(raw) // 2])  # truncated before connecting
+    con = data.connect(tmp_path)
+    assert any("cannot read texts" in p for p in data.run_problems(con))  # its views are empty ...
+    for query, name in ((data.texts, "texts"), (data.image_meta, "images"), (data.head_scores, "head_scores"),
+                        (data.head_labels, "head_labels"), (data.head_overview, "head_labels")):
+        with pytest.raises(data.DamagedFileError, match=rf"run 'r': the file {name}.parquet cannot be read "
+                                                         r"\(No magic bytes found at end of file"):
+            query(con, "r")  # ... but a page's read names the file, where it used to get no rows
+    with pytest.raises(data.DamagedFileError, match="the file images.parquet cannot be read"):
+        data.thumbnails(con, "r", [100])
+
+
+def test_a_part_removed_after_the_runs_were_found_is_named(tmp_path):
+    make_run(tmp_path, "r", parts=3)
+    con = data.connect(tmp_path)
+    gone = tmp_path / "r" / "head_vectors" / "layer=2" / "head=0" / "part-00001.parquet"
+    gone.unlink()
+    with pytest.raises(data.DamagedFileError, match="the file head_vectors/layer=2/head=0/part-00001.parquet "
+                                                    "cannot be read"):
+        data.head_vectors(con, "r", 2, 0)
+
+
+def test_skipped_runs_are_known_by_name(tmp_path):
+    make_run(tmp_path, "good")
+    (tmp_path / "team" / "bad").mkdir(parents=True)
+    (tmp_path / "team" / "bad" / "manifest.json").write_text("[]")
+    found = discover_runs(tmp_path)
+    assert [r.name for r in found.runs] == ["good"]
+    assert found.skipped == {"team/bad": "the manifest is a JSON list, not an object; run skipped"}
 
 
 def test_exports_write_csv_and_parquet_and_refuse_a_csv_too_big_to_format():
