@@ -106,7 +106,7 @@ def write_synthetic_run(
             pending.result()
     finally:
         writer.shutdown(wait=True)
-    count, skipped = _consolidate(out, chunks, images, chunk_size)
+    count, skipped, files = _consolidate(out, chunks, images, chunk_size)
     write_texts(out, text_pool, texts)
 
     seconds = time.perf_counter() - t0
@@ -116,7 +116,9 @@ def write_synthetic_run(
     manifest["images"] = {"root": str(out / "synthetic-images"), "planned": images, "limit": None,
                           "labelled": classes > 0, "count": count, "skipped": skipped, "ignored": [],
                           "ignored_count": 0}
-    manifest["stages"][STAGE] = {"done": True, "key": store.stage_key("synthetic", params), "finished": store.now()}
+    manifest["stages"][STAGE] = {"done": True, "key": store.stage_key("synthetic", params), "finished": store.now(),
+                                 "recorded": True, "chunk_size": chunk_size}
+    manifest["files"] = dict(sorted(files.items()))  # what precompute/verify.py checks
     manifest["timings"] = {STAGE: {"seconds": round(seconds, 2), "images": images, "synthetic": True}}
     store.write_manifest(out, manifest)
     chunks.clear()

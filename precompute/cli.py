@@ -363,6 +363,7 @@ def _mount_toyworld() -> None:
 
 
 _mount_toyworld()
+app.command("verify")(handle_errors(__import__("precompute.cli_verify", fromlist=["verify"]).verify))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -56,6 +56,12 @@ STAGE_FILES = {
 }
 OPTIONAL_FILES = (HEAD_SPANS_FILE, HEAD_SUMMARY_FILE)  # absent from runs made before they were written
 
+
+def stage_of(path: str) -> str:
+    """The stage that writes ``path`` (relative to the run folder, '/' separated); 'decompose' for anything else."""
+    top = path.split("/", 1)[0]
+    return next((stage for stage, names in STAGE_FILES.items() if top in names), "decompose")
+
 VECTOR = pa.list_(pa.float32())
 
 IMAGES = pa.schema(

@@ -2,7 +2,9 @@
 
 Resumable: the plan (which files, in which chunks) is written before any work;
 each chunk's files are written before its DONE marker; a restarted run skips
-finished chunks and redoes the rest. See store.py.
+finished chunks and redoes the rest. See store.py. A finished stage whose files
+fail the full check (precompute/verify.py) is reopened, and only its damaged
+chunks are redone (precompute/repair.py).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from precompute import schema, store
+from precompute import schema, store, verify
 from precompute.decompose import Decomposer
 from precompute.errors import RunDirError
 from precompute.images import Batch, ImageFolderDataset, PixelPipeline, collate, discover, split_preprocess
 from precompute.registry import LoadedModel, parse_layers
+from precompute.repair import EMBEDDING_SPLIT, FILES, IMAGE_ROW_GROUP, reopen
+from precompute.repair import chunk_bounds as _chunk_bounds
 from precompute.weights import WeightsSource, legacy_pretrained
 
 STAGE = "decompose"
@@ -142,8 +146,12 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
     key = store.plan_key({k: v for k, v in plan.items() if k != "chunk_size"})
     stage = (manifest or {}).get("stages", {}).get(STAGE, {})
     if stage.get("done") and stage.get("key") == key:
-        return DecomposeSummary(run_dir, manifest["images"]["count"], manifest["images"]["skipped"],
-                                len(found.ignored), already_complete=True)
+        problems = verify.stage_problems(run_dir, manifest, STAGE)
+        if not problems:
+            return DecomposeSummary(run_dir, manifest["images"]["count"], manifest["images"]["skipped"],
+                                    len(found.ignored), already_complete=True)
+        reopen(run_dir, manifest, chunks, {**plan, "chunk_size": stage.get("chunk_size", opts.chunk_size)}, key,
+                problems)
     if chunks.plan_path().is_file():
         saved = json.loads(chunks.plan_path().read_text())
         if saved.get("key") != key:
@@ -170,12 +178,13 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
     t0 = time.perf_counter()
     computed = _compute_chunks(loaded, layers, plan, chunks, run_dir, opts)
     seconds = time.perf_counter() - t0
-    count, skipped = _consolidate(run_dir, chunks, len(plan["paths"]), plan["chunk_size"])
+    count, skipped, files = _consolidate(run_dir, chunks, len(plan["paths"]), plan["chunk_size"])
 
     manifest["images"].update(count=count, skipped=skipped, ignored=[list(x) for x in found.ignored[:100]],
                               ignored_count=len(found.ignored))
     store.finish_stage(run_dir, manifest, STAGE, key, seconds, timing={
-        "images": computed, "images_per_second": round(computed / seconds, 2) if seconds else None})
+        "images": computed, "images_per_second": round(computed / seconds, 2) if seconds else None},
+        files=files, chunk_size=plan["chunk_size"])
     chunks.clear()
     return DecomposeSummary(run_dir, count, skipped, len(found.ignored), seconds, computed)
 
@@ -195,10 +204,6 @@ def default_workers(device: torch.device) -> int:
     on 2 cores (README, "Benchmarks").
     """
     return available_cores() if device.type != "cpu" else 1
-
-
-def _chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Path, opts: DecomposeOptions) -> int:
@@ -319,26 +324,36 @@ VECTOR_SPLIT = ["vector.list.element"]
 EMBEDDING_SPLIT = ["embedding.list.element"]
 
 
+FILES = "files.json"  # in a chunk's work folder: the file_record of each of its head parts
+
+
 def _write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: list[int], payload) -> None:
     rows, embeddings, heads, skipped = payload
     ids = pa.array(rows["image_id"], pa.int64())
+    files = {}
     if heads is not None:
         for li, layer in enumerate(layers):
             for h in range(heads.shape[2]):
                 table = pa.Table.from_arrays([ids, store.vectors_to_arrow(heads[:, li, h])],
                                              schema=schema.HEAD_VECTORS_FILE)
-                store.write_table_atomic(store.head_part_path(run_dir, layer, h, chunk), table, VECTOR_SPLIT)
+                path = store.head_part_path(run_dir, layer, h, chunk)
+                files[store.relpath(run_dir, path)] = store.write_table_atomic(path, table, VECTOR_SPLIT)
         emb = pa.Table.from_arrays([ids, store.vectors_to_arrow(embeddings)], schema=schema.IMAGE_EMBEDDINGS)
         store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGE_EMBEDDINGS_FILE, emb, EMBEDDING_SPLIT)
     images = pa.Table.from_pydict(rows, schema=schema.IMAGES)
     store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGES_FILE, images)
     store.write_json_atomic(chunks.chunk_dir(chunk) / "skipped.json", skipped)
+    store.write_json_atomic(chunks.chunk_dir(chunk) / FILES, files)
     chunks.mark_done(chunk)
 
 
-def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: int) -> tuple[int, list[dict]]:
-    """Merge the chunks' image and embedding tables into the run's final files."""
-    images, embeddings, skipped = [], [], []
+def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: int
+                 ) -> tuple[int, list[dict], dict[str, dict]]:
+    """Merge the chunks' image and embedding tables into the run's final files.
+
+    Returns the image count, the skipped files and the ``file_record`` of every file the stage wrote.
+    """
+    images, embeddings, skipped, files = [], [], [], {}
     for c in range(len(_chunk_bounds(n, chunk_size))):
         d = chunks.chunk_dir(c)
         if not chunks.is_done(c):
@@ -347,8 +362,21 @@ def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: in
         if (d / schema.IMAGE_EMBEDDINGS_FILE).is_file():
             embeddings.append(pq.read_table(d / schema.IMAGE_EMBEDDINGS_FILE))
         skipped.extend(json.loads((d / "skipped.json").read_text()))
+        files.update(_chunk_files(run_dir, d, c))
     image_table = pa.concat_tables(images) if images else schema.IMAGES.empty_table()
-    store.write_table_atomic(run_dir / schema.IMAGES_FILE, image_table, row_group_size=1024)  # fast thumbnail lookups
+    files[schema.IMAGES_FILE] = store.write_table_atomic(run_dir / schema.IMAGES_FILE, image_table,
+                                                         row_group_size=IMAGE_ROW_GROUP)  # fast thumbnail lookups
     emb_table = pa.concat_tables(embeddings) if embeddings else schema.IMAGE_EMBEDDINGS.empty_table()
-    store.write_table_atomic(run_dir / schema.IMAGE_EMBEDDINGS_FILE, emb_table, EMBEDDING_SPLIT)
-    return image_table.num_rows, skipped
+    files[schema.IMAGE_EMBEDDINGS_FILE] = store.write_table_atomic(run_dir / schema.IMAGE_EMBEDDINGS_FILE,
+                                                                   emb_table, EMBEDDING_SPLIT)
+    return image_table.num_rows, skipped, files
+
+
+def _chunk_files(run_dir: Path, chunk_dir: Path, chunk: int) -> dict[str, dict]:
+    """A chunk's head-part records: from its files.json, or read back from its parts (a chunk finished before
+    the record, resumed now)."""
+    if (chunk_dir / FILES).is_file():
+        return json.loads((chunk_dir / FILES).read_text())
+    name = f"part-{chunk:05d}.parquet"
+    parts = (Path(run_dir) / schema.HEAD_VECTORS_DIR).glob(f"layer=*/head=*/{name}")
+    return {store.relpath(run_dir, p): store.file_record(p) for p in sorted(parts)}

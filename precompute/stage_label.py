@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from precompute import labels as lab
 from precompute import labels_llm as llm
-from precompute import metrics, schema, store
+from precompute import metrics, schema, store, verify
 from precompute.errors import InputError
 from precompute.stage_textspan import read_picks
 
@@ -56,7 +56,7 @@ def run_label(run_dir: Path, opts: LabelOptions, force: bool = False) -> bool:
         raise InputError(f"overrides file not found: {opts.overrides}")
     manifest = store.require_stage(run_dir, "textspan", f"clip-interpret textspan --out {run_dir}")
     key = label_key(manifest, opts, run_dir)
-    if not force and store.stage_current(manifest, STAGE, key):
+    if not force and store.stage_current(manifest, STAGE, key) and verify.intact(run_dir, manifest, STAGE):
         return False
     t0 = time.perf_counter()
     picks = read_picks(run_dir)

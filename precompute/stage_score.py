@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from precompute import metrics, schema, store
+from precompute import metrics, schema, store, verify
 from precompute.errors import RunDirError
 from precompute.registry import LoadedModel
 from precompute.stage_textspan import read_picks, read_spans
@@ -88,7 +88,7 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     labelled_images = bool(manifest.get("images", {}).get("labelled"))
     zero_shot = labelled_images and loaded is not None
     key = score_key(manifest, opts, attrs_file, zero_shot)
-    if not force and store.stage_current(manifest, STAGE, key):
+    if not force and store.stage_current(manifest, STAGE, key) and verify.intact(run_dir, manifest, STAGE):
         return False
     t0 = time.perf_counter()
     images = pq.read_table(run_dir / schema.IMAGES_FILE, columns=["image_id", "path", "label"])

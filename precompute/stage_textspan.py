@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from precompute import derived, schema, store
+from precompute import derived, schema, store, verify
 from precompute.errors import RunDirError
 from precompute.pools import Pool, load_pool
 from precompute.registry import LoadedModel
@@ -75,7 +75,7 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
     manifest = store.require_stage(run_dir, "decompose", f"clip-interpret decompose --out {run_dir} ...")
     pool = load_pool(opts.pool)
     key = textspan_key(manifest, pool, opts)
-    if not force and store.stage_current(manifest, STAGE, key):
+    if not force and store.stage_current(manifest, STAGE, key) and verify.intact(run_dir, manifest, STAGE):
         return False
     t0 = time.perf_counter()
     text_emb = _texts(loaded, run_dir, pool, opts)

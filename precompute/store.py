@@ -89,9 +89,25 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def file_record(path: Path, rows: int | None = None) -> dict:
+    """What the manifest's ``files`` keeps of a table: its size, row count and sha256 (precompute/verify.py)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if rows is None:
+        rows = pq.read_metadata(path).num_rows
+    return {"bytes": path.stat().st_size, "rows": rows, "sha256": digest}
+
+
+def relpath(run_dir: Path, path: Path) -> str:
+    """``path`` relative to the run folder, '/' separated: the key of the manifest's ``files``."""
+    return Path(path).relative_to(run_dir).as_posix()
+
+
 def write_table_atomic(path: Path, table: pa.Table, byte_stream_split: list[str] | None = None,
-                       row_group_size: int | None = None) -> None:
-    """Write Parquet atomically; float vector columns use BYTE_STREAM_SPLIT, which zstd compresses far better.
+                       row_group_size: int | None = None) -> dict:
+    """Write Parquet atomically and return its ``file_record``; float vector columns use BYTE_STREAM_SPLIT,
+    which zstd compresses far better.
 
     Small row groups (``row_group_size``) let readers skip most of a big table when they look up a few rows.
     """
@@ -102,7 +118,9 @@ def write_table_atomic(path: Path, table: pa.Table, byte_stream_split: list[str]
             table, tmp, use_dictionary=False if byte_stream_split else True,
             use_byte_stream_split=byte_stream_split or False, row_group_size=row_group_size, **PARQUET_OPTIONS,
         )
+        record = file_record(Path(tmp), table.num_rows)  # read back from the page cache: what is on disk
         os.replace(tmp, path)
+        return record
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -286,14 +304,42 @@ def require_stage(run_dir: Path, stage: str, command: str) -> dict:
     return manifest
 
 
-def finish_stage(run_dir: Path, manifest: dict, stage: str, key: str, seconds: float,
-                 timing: dict | None = None, **info: Any) -> None:
-    """Mark ``stage`` done with ``key`` and write the manifest; later stages computed from another key go stale.
+def stage_files(run_dir: Path, stage: str) -> dict[str, dict]:
+    """The ``file_record`` of each table ``stage`` writes that is in the run folder (head parts excluded)."""
+    return {name: file_record(Path(run_dir) / name) for name in schema.STAGE_FILES[stage]
+            if name != schema.HEAD_VECTORS_DIR and (Path(run_dir) / name).is_file()}
 
-    ``timing`` adds to the stage's ``timings`` entry (``seconds`` is always there); ``info`` to its record.
+
+def reopen_stage(run_dir: Path, manifest: dict, stage: str, damaged: list[str] = ()) -> None:
+    """Mark ``stage`` and every later stage not done, delete the ``damaged`` files, write the manifest.
+
+    A repair is a resume: the stage then runs as if it had been killed, and ``run`` redoes the later ones.
     """
     stages = manifest.setdefault("stages", {})
-    stages[stage] = {"done": True, "key": key, "finished": now(), **info}
+    for s in schema.STAGES[schema.STAGES.index(stage):]:
+        if isinstance(stages.get(s), dict):
+            stages[s]["done"] = False
+    for rel in damaged:
+        if rel != schema.MANIFEST and (Path(run_dir) / rel).is_file():
+            (Path(run_dir) / rel).unlink()
+    write_manifest(run_dir, manifest)
+
+
+def finish_stage(run_dir: Path, manifest: dict, stage: str, key: str, seconds: float,
+                 timing: dict | None = None, files: dict[str, dict] | None = None, **info: Any) -> None:
+    """Mark ``stage`` done with ``key`` and write the manifest; later stages computed from another key go stale.
+
+    ``files`` (relative path -> ``file_record``; default ``stage_files``, read back from the folder) replaces the
+    stage's entries in the manifest's ``files``. ``timing`` adds to the stage's ``timings`` entry (``seconds`` is
+    always there); ``info`` to its record.
+    """
+    records = manifest.setdefault("files", {})
+    for rel in [r for r in records if schema.stage_of(r) == stage]:
+        del records[rel]
+    records.update(stage_files(run_dir, stage) if files is None else files)
+    manifest["files"] = dict(sorted(records.items()))
+    stages = manifest.setdefault("stages", {})
+    stages[stage] = {"done": True, "key": key, "finished": now(), "recorded": True, **info}
     for later in schema.STAGES[schema.STAGES.index(stage) + 1:]:
         if later in stages and stages[later].get("after") != key:
             stages[later]["done"] = False

@@ -17,17 +17,20 @@ No torch here: the dashboard imports this module.
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from precompute import schema
+from precompute import schema, store
 from precompute.errors import RunDirError
 
 KINDS = ("missing", "unreadable", "size", "rows", "checksum", "coverage")
 MAGIC = b"PAR1"
+CHECK_THREADS = 8  # files hashed at once by the full check
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,7 @@ class Health:
         return repair_command(self.run_dir, self.manifest or {}, self.stages()) if self.problems else ""
 
 
-def stage_of(path: str) -> str:
-    """The stage that writes ``path`` (a relative path); 'decompose' for the manifest itself."""
-    top = path.split("/", 1)[0]
-    for stage, names in schema.STAGE_FILES.items():
-        if top in names:
-            return stage
-    return "decompose"
+stage_of = schema.stage_of  # the stage that writes a file
 
 
 def sha256_file(path: Path) -> str:
@@ -157,33 +154,60 @@ def head_rel(layer: int, head: int) -> str:
 
 def check_manifest(run_dir: Path, manifest: dict, full: bool = False, stages: tuple[str, ...] | None = None
                    ) -> tuple[list[Problem], int, bool]:
-    """(problems, files checked, recorded) of the files of ``stages`` (default: every stage marked done)."""
-    done = {s for s, info in (manifest.get("stages") or {}).items() if isinstance(info, dict) and info.get("done")}
-    wanted = set(stages if stages is not None else schema.STAGES) & done
-    files = manifest.get("files")
-    recorded = isinstance(files, dict)
+    """(problems, files checked, recorded) of the files of ``stages`` (default: every stage marked done).
+
+    A stage finished with the record (its manifest entry has ``recorded``) is checked against the manifest's
+    ``files``; an older one by its expected tables' footers (and, for decompose, the head parts found).
+    """
+    info = {s: i for s, i in (manifest.get("stages") or {}).items() if isinstance(i, dict) and i.get("done")}
+    wanted = [s for s in (stages if stages is not None else schema.STAGES) if s in info]
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     problems: list[Problem] = []
     rows_of: dict[str, int | None] = {}
-    if recorded:
-        targets = [(rel, rec) for rel, rec in files.items() if stage_of(rel) in wanted]
-    else:
-        targets = [(rel, None) for rel in expected_tables(manifest, run_dir) if stage_of(rel) in wanted]
-        if "decompose" in wanted:
+    recorded = all(info[s].get("recorded") for s in wanted)
+    targets: list[tuple[str, dict | None]] = []
+    for stage in wanted:
+        if info[stage].get("recorded"):
+            targets += [(rel, rec) for rel, rec in files.items() if stage_of(rel) == stage]
+            continue
+        targets += [(rel, None) for rel in expected_tables(manifest, run_dir) if stage_of(rel) == stage]
+        if stage == "decompose":
             base = Path(run_dir)
             targets += [(p.relative_to(base).as_posix(), None)
                         for p in sorted((base / schema.HEAD_VECTORS_DIR).glob("layer=*/head=*/part-*.parquet"))]
-    for rel, rec in targets:
-        problem, rows = check_file(run_dir, rel, rec, full)
+    def one(target: tuple[str, dict | None]) -> tuple[Problem | None, int | None]:
+        return check_file(run_dir, target[0], target[1], full)
+
+    if full:  # sha256 reads every byte; hashlib releases the GIL, so files are hashed side by side
+        with ThreadPoolExecutor(min(CHECK_THREADS, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(one, targets))
+    else:
+        results = [one(t) for t in targets]
+    for (rel, _), (problem, rows) in zip(targets, results):
         rows_of[rel] = rows
         if problem is not None:
             problems.append(problem)
     if "decompose" in wanted:
-        problems = _coverage(manifest, rows_of, problems, recorded)
+        problems = _coverage(manifest, rows_of, problems)
     return problems, len(targets), recorded
 
 
-def _coverage(manifest: dict, rows_of: dict[str, int | None], problems: list[Problem], recorded: bool
-              ) -> list[Problem]:
+def stage_problems(run_dir: Path, manifest: dict, stage: str, full: bool = True) -> list[Problem]:
+    """What is wrong with the files ``stage`` wrote (checksums too, by default): a stage checks this before
+    it skips itself as current."""
+    return check_manifest(run_dir, manifest, full, (stage,))[0]
+
+
+def intact(run_dir: Path, manifest: dict, stage: str) -> bool:
+    """True when ``stage``'s files pass the full check; otherwise the stage and the later ones are reopened
+    (``store.reopen_stage``, the damaged files deleted) and False: the caller recomputes the stage."""
+    problems = stage_problems(run_dir, manifest, stage)
+    if problems:
+        store.reopen_stage(run_dir, manifest, stage, [p.path for p in problems])
+    return not problems
+
+
+def _coverage(manifest: dict, rows_of: dict[str, int | None], problems: list[Problem]) -> list[Problem]:
     """Each head's parts must hold images.count rows; a missing part is reported as the coverage it costs."""
     count = (manifest.get("images") or {}).get("count")
     if not isinstance(count, int):
@@ -213,10 +237,8 @@ def _coverage(manifest: dict, rows_of: dict[str, int | None], problems: list[Pro
 def check_run(run_dir: Path, full: bool = False) -> Health:
     """The run's health: the cheap check (sizes, footers, coverage) or, with ``full``, checksums as well."""
     run_dir = Path(run_dir)
-    from precompute.store import read_manifest  # store imports weights; kept out of import time
-
     try:
-        manifest = read_manifest(run_dir)
+        manifest = store.read_manifest(run_dir)
     except RunDirError as e:
         return Health(run_dir, full, (Problem(schema.MANIFEST, "unreadable", str(e)),), 1)
     if manifest is None:
