@@ -275,6 +275,18 @@ def download_table(table, file_stem: str, key: str) -> None:
                           mime="application/vnd.apache.parquet", key=f"{key}.parquet", on_click="ignore")
 
 
+def each_run(cat: state.Catalog, read) -> dict:
+    """run name -> ``read(con, run)`` for every run, in name order; a run whose file is damaged gets a warning
+    naming it (and the repair command) and is left out, so one damaged run does not stop a page about all runs."""
+    out = {}
+    for name in sorted(cat.runs):
+        try:
+            out[name] = read(cat.con, name)
+        except data.DamagedFileError as e:
+            st.warning(f"{e}. " + repair_hint(cat.health.get(name), e.run_dir, e.file), icon=":material/report:")
+    return out
+
+
 def coverage_note(ctx: RunContext, m: state.HeadMatrix, what: str) -> None:
     """A warning where neighbours are shown when ``what`` (a head, or a property's heads) covers fewer images than
     the run has: the search runs over those only."""

@@ -38,7 +38,7 @@ missing_stage_note(sorted(set(cat.runs) - set(scores["run"])), "score", "not sco
 st.header("Heads by property")
 st.caption("One cell per head: colour = its property label, opacity = its association score (grey = mixed). "
            "Click a cell to open the head.")
-overviews = {n: data.head_overview(cat.con, n).to_pandas() for n in sorted(cat.runs)}
+overviews = {n: t.to_pandas() for n, t in widgets.each_run(cat, data.head_overview).items()}
 labelled = {n: f for n, f in overviews.items() if not f.empty}
 domain, colours = charts.property_colours(p for f in labelled.values() for p in f["property"])
 for name, frame in labelled.items():

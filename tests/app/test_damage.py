@@ -173,6 +173,18 @@ def test_unreadable_scores_are_not_no_scores(runs):
     assert f"clip-interpret score --out {runs / RUN}" in error_text(at)
 
 
+def test_one_runs_unreadable_labels_leave_the_rankings_of_the_others(runs, made):
+    shutil.copytree(made, runs / "other")
+    truncate(runs / RUN / schema.HEAD_LABELS_FILE)
+    at = open_page(run="other")
+    no_exceptions(at)
+    assert not at.error and [t.value for t in at.title] == ["Rankings"]
+    assert f"run '{RUN}': the file {schema.HEAD_LABELS_FILE} cannot be read" in warning_text(at)
+    assert f"clip-interpret label --out {runs / RUN}" in warning_text(at)
+    grids = [json.dumps(json.loads(c.proto.spec), ensure_ascii=False) for c in at.get("vega_lite_chart")[1:]]
+    assert len(grids) == 1 and "other · test-tiny" in grids[0]  # the score bars, then the one readable head grid
+
+
 # --------------------------------------------------------------------------- links to runs not shown
 
 
