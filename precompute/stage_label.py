@@ -54,7 +54,7 @@ def run_label(run_dir: Path, opts: LabelOptions, force: bool = False) -> bool:
         raise InputError(f"unknown labeller {opts.labeller!r}: choose one of {', '.join(LABELLERS)}")
     if opts.overrides is not None and not Path(opts.overrides).is_file():
         raise InputError(f"overrides file not found: {opts.overrides}")
-    manifest = store.require_stage(run_dir, "textspan", f"clip-interpret textspan --out {run_dir}")
+    manifest = verify.require(run_dir, "textspan", f"clip-interpret textspan --out {run_dir}")
     key = label_key(manifest, opts, run_dir)
     if not force and store.stage_current(manifest, STAGE, key) and verify.intact(run_dir, manifest, STAGE):
         return False

@@ -83,7 +83,7 @@ def run_score(run_dir: Path, opts: ScoreOptions, loaded: LoadedModel | None = No
     ``loaded`` (the run's model) is needed only for zero-shot accuracy; without it those columns stay null.
     """
     run_dir = Path(run_dir)
-    manifest = store.require_stage(run_dir, "label", f"clip-interpret label --out {run_dir}")
+    manifest = verify.require(run_dir, "label", f"clip-interpret label --out {run_dir}")
     attrs_file = attributes_path(manifest, opts)
     labelled_images = bool(manifest.get("images", {}).get("labelled"))
     zero_shot = labelled_images and loaded is not None

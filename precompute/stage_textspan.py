@@ -72,7 +72,7 @@ def _blocks(files: list[Path]):
 def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, force: bool = False) -> bool:
     """Compute and write the stage; False when it was already current."""
     run_dir = Path(run_dir)
-    manifest = store.require_stage(run_dir, "decompose", f"clip-interpret decompose --out {run_dir} ...")
+    manifest = verify.require(run_dir, "decompose", f"clip-interpret decompose --out {run_dir} ...")
     pool = load_pool(opts.pool)
     key = textspan_key(manifest, pool, opts)
     if not force and store.stage_current(manifest, STAGE, key) and verify.intact(run_dir, manifest, STAGE):

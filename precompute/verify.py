@@ -198,6 +198,19 @@ def stage_problems(run_dir: Path, manifest: dict, stage: str, full: bool = True)
     return check_manifest(run_dir, manifest, full, (stage,))[0]
 
 
+def require(run_dir: Path, stage: str, command: str) -> dict:
+    """``store.require_stage``, then the cheap check of ``stage`` and the stages before it: a RunDirError naming
+    each damaged file the caller would read, and the command that repairs them, instead of a reader's error."""
+    manifest = store.require_stage(run_dir, stage, command)
+    needed = schema.STAGES[: schema.STAGES.index(stage) + 1]
+    problems = check_manifest(run_dir, manifest, False, needed)[0]
+    if problems:
+        health = Health(Path(run_dir), False, tuple(problems), manifest=manifest)
+        raise RunDirError(f"{run_dir}: {health.summary()} ({'; '.join(p.line() for p in problems[:3])}); "
+                          f"repair it with `{health.repair_command()}`")
+    return manifest
+
+
 def intact(run_dir: Path, manifest: dict, stage: str) -> bool:
     """True when ``stage``'s files pass the full check; otherwise the stage and the later ones are reopened
     (``store.reopen_stage``, the damaged files deleted) and False: the caller recomputes the stage."""

@@ -187,3 +187,14 @@ def test_a_run_made_before_the_record_gets_footers_and_coverage_checked(made, tm
     assert ours.keys() == theirs.keys() and all(ours[k].equals(theirs[k]) for k in ours)
     assert json.loads((run / "manifest.json").read_text())["timings"]["decompose"]["images"] == 2 * CHUNK
     assert verify.check_run(run, full=True).recorded  # the repair wrote the record
+
+
+def test_a_later_stage_on_damaged_input_names_the_file_and_the_repair_not_a_traceback(made, tmp_path):
+    _, clean = made
+    run = _copy(clean, tmp_path)
+    truncate(run)
+    done = clip_interpret("textspan", "--out", str(run), "--pool", "toyworld", "--force", "--quiet", "--device", "cpu")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and PART in errors[0] and "repair it with `clip-interpret run --model test-tiny" in errors[0]

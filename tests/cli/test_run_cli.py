@@ -307,6 +307,9 @@ def test_score_rebuilds_heads_from_the_stored_spans_exactly_as_a_recomputed_text
 
 def test_score_on_a_run_without_head_spans_names_the_command(tiny_run):
     _, out, _ = tiny_run
-    (out / schema.HEAD_SPANS_FILE).unlink()  # as a textspan stage of an older version left it
+    (out / schema.HEAD_SPANS_FILE).unlink()  # as a textspan stage of an older version left it: not written,
+    manifest = json.loads((out / schema.MANIFEST).read_text())  # so not in the manifest's file record either
+    del manifest["files"][schema.HEAD_SPANS_FILE]
+    (out / schema.MANIFEST).write_text(json.dumps(manifest))
     result = invoke("score", "--out", out, "--force", "--quiet")
     assert result.exit_code == 2 and f"rerun `clip-interpret textspan --out {out}`" in result.output
