@@ -136,3 +136,13 @@ def load_pool(name_or_path: str | Path) -> Pool:
     properties = tuple((str(p).strip() or None) if p is not None else None for p in props)
     return Pool(name=path.stem, texts=tuple(clean), properties=properties, source=path.resolve(),
                 sha256=hashlib.sha256(raw).hexdigest())
+
+
+def source_record(pool: Pool) -> str:
+    """How a run records where its pool came from: ``shipped:<name>`` for a shipped pool (never the absolute path
+    of the machine that made the run, which differs wherever the package is installed), else the file's path."""
+    try:
+        pool.source.resolve().relative_to(POOLS_DIR.resolve())
+    except ValueError:
+        return str(pool.source)
+    return f"shipped:{pool.source.stem}"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from precompute import derived, schema, store, verify
 from precompute.errors import RunDirError
-from precompute.pools import Pool, load_pool
+from precompute.pools import Pool, load_pool, source_record
 from precompute.registry import LoadedModel
 from precompute.textenc import encode_texts
 from precompute.textspan import (DEFAULT_K, DEFAULT_RANK, GRAM_CHUNK, TextspanResult, accumulate_gram,
@@ -93,7 +93,7 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
     store.write_table_atomic(run_dir / schema.HEAD_TEXTS_FILE, pa.Table.from_pydict(rows, schema=schema.HEAD_TEXTS))
     derived.write_head_summary(run_dir, summaries, manifest)
     store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
-                       after=manifest["stages"]["decompose"]["key"], pool=pool.name, pool_source=str(pool.source),
+                       after=manifest["stages"]["decompose"]["key"], pool=pool.name, pool_source=source_record(pool),
                        pool_sha256=pool.sha256, texts=len(pool), k=opts.k, rank=opts.rank)
     return True
 

@@ -118,6 +118,8 @@ def write_table_atomic(path: Path, table: pa.Table, byte_stream_split: list[str]
             table, tmp, use_dictionary=False if byte_stream_split else True,
             use_byte_stream_split=byte_stream_split or False, row_group_size=row_group_size, **PARQUET_OPTIONS,
         )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # durable before it replaces the old file, as write_bytes_atomic is
         record = file_record(Path(tmp), table.num_rows)  # read back from the page cache: what is on disk
         os.replace(tmp, path)
         return record

@@ -133,3 +133,12 @@ def test_unknown_file_type_and_missing_files(tmp_path):
         load_pool(tmp_path / "nope.csv")
     with pytest.raises(InputError, match=r"unknown text pool 'nope'; shipped pools: .*general"):
         load_pool("nope")
+
+
+def test_a_shipped_pool_is_recorded_by_name_and_a_file_by_its_path(tmp_path):
+    from precompute.pools import load_pool, source_record
+
+    assert source_record(load_pool("toyworld")) == "shipped:toyworld"
+    own = tmp_path / "mine.txt"
+    own.write_text("a red thing\na blue thing\n")
+    assert source_record(load_pool(str(own))) == str(own.resolve())
