@@ -291,7 +291,8 @@ def scale_child(data_dir: Path, run: str, repeats: int, queries: int) -> dict:
 def stage(stage_name: str, run_dir: Path) -> float:
     """One CLI stage in a fresh process; its wall seconds."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "precompute.cli", stage_name, "--out", str(run_dir), "--quiet"],
+    quiet = [] if stage_name == "label" else ["--quiet"]  # the label stage has no progress bar to silence
+    subprocess.run([sys.executable, "-m", "precompute.cli", stage_name, "--out", str(run_dir), *quiet],
                    check=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     return time.perf_counter() - t0
 
