@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from precompute.decompose import Decomposer
+from precompute.images import split_preprocess
 from precompute.registry import LoadedModel
 
 # --------------------------------------------------------------------------- decomposition of one image
@@ -45,17 +46,21 @@ def _normalize_stats(preprocess) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_view(pixels: torch.Tensor, preprocess) -> Image.Image:
-    """Undo the normalisation of a preprocessed [3, H, W] tensor: the exact crop the model saw."""
+    """Undo the normalisation of a preprocessed [3, H, W] tensor: the crop the model saw (for a preprocess that
+    ``split_preprocess`` cannot split; otherwise the uint8 crop is the view itself)."""
     mean, std = _normalize_stats(preprocess)
     arr = pixels.detach().float().cpu().numpy().transpose(1, 2, 0) * std + mean  # [H, W, 3] in 0..1
     return Image.fromarray(np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 def decompose_image(loaded: LoadedModel, decomposer: Decomposer, image: Image.Image) -> LiveImage:
-    """Preprocess like the precompute (``LoadedModel.preprocess``) and decompose; hold the model lock around this."""
-    pixels = loaded.preprocess(image)  # [3, H, W]
+    """Preprocess as the decompose stage does (``precompute.images.split_preprocess``: the PIL crop, then
+    ToTensor + Normalize on the model's device) and decompose; hold the model lock around this."""
+    pipe = split_preprocess(loaded.preprocess)
+    pixels = pipe.to_pixels(image)  # [3, H, W]: uint8 crop (split) or the preprocess's own float tensor
     device = next(loaded.model.parameters()).device
-    dec = decomposer(pixels[None].to(device))  # batch of one
+    dec = decomposer(pipe.normalise(pixels[None].to(device)))  # batch of one
+    view = Image.fromarray(pixels.permute(1, 2, 0).numpy()) if pipe.split else model_view(pixels, loaded.preprocess)
     tokens = dec.tokens[0].cpu().numpy() if dec.tokens is not None else None  # [l, h, t, D]
-    return LiveImage(model_view(pixels, loaded.preprocess), dec.embedding[0].cpu().numpy(), dec.layers,
+    return LiveImage(view, dec.embedding[0].cpu().numpy(), dec.layers,
                      dec.heads[0].cpu().numpy(), tokens, loaded.info.grid)  # [D], [l, h, D]

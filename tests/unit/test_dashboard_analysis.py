@@ -141,6 +141,15 @@ def test_decompose_image_is_the_precomputes_decomposition(tiny):
     assert np.allclose(maps[1, 3].reshape(-1), result.tokens[1, 3, 1:, 0], atol=1e-7)
 
 
+def test_the_live_view_is_the_uint8_crop_the_model_saw(tiny):
+    from precompute.images import split_preprocess
+
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 40, 3), dtype=np.uint8))
+    result = live.decompose_image(tiny, Decomposer(tiny.model, [2]), img)
+    crop = split_preprocess(tiny.preprocess).to_pixels(img).permute(1, 2, 0).numpy()  # [H, W, 3]
+    assert np.array_equal(np.asarray(result.view), crop)
+
+
 def test_model_view_is_the_crop_the_model_saw(tiny):
     img = Image.new("RGB", (64, 32), (200, 30, 90))
     view = live.model_view(tiny.preprocess(img), tiny.preprocess)
