@@ -18,14 +18,6 @@ import pyarrow.parquet as pq
 from precompute import schema, store
 
 STAGE = "decompose"
-EMBEDDING_SPLIT = ["embedding.list.element"]
-FILES = "files.json"  # in a chunk's work folder: the file_record of each of its head parts
-IMAGE_ROW_GROUP = 1024  # images.parquet's row groups: thumbnail lookups read little
-
-
-def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, end) of each chunk of ``size`` images out of ``n``."""
-    return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def reopen(run_dir: Path, manifest: dict, chunks: store.ChunkStore, plan: dict, key: str, problems) -> None:
@@ -33,7 +25,7 @@ def reopen(run_dir: Path, manifest: dict, chunks: store.ChunkStore, plan: dict, 
     whose files are intact is rebuilt in the work folder from the run's tables (marked done), so the resume
     path redoes only the damaged chunks, then merges as usual. A damaged images or embeddings table takes every
     chunk with it. ``store.reopen_stage`` marks this stage and the later ones not done."""
-    bounds = chunk_bounds(len(plan["paths"]), plan["chunk_size"])
+    bounds = store.chunk_bounds(len(plan["paths"]), plan["chunk_size"])
     damaged = _damaged_chunks(run_dir, manifest, problems, len(bounds))
     chunks.clear()
     store.write_json_atomic(chunks.plan_path(), {"key": key, "plan": plan})
@@ -51,13 +43,13 @@ def reopen(run_dir: Path, manifest: dict, chunks: store.ChunkStore, plan: dict, 
         d = chunks.chunk_dir(c)
         rows = _rows_in(images, lo, hi)
         if rows.num_rows:  # a chunk whose every image was skipped has no embeddings file
-            store.write_table_atomic(d / schema.IMAGE_EMBEDDINGS_FILE, _rows_in(emb, lo, hi), EMBEDDING_SPLIT)
+            store.write_table_atomic(d / schema.IMAGE_EMBEDDINGS_FILE, _rows_in(emb, lo, hi), schema.EMBEDDING_SPLIT)
         store.write_table_atomic(d / schema.IMAGES_FILE, rows)
         store.write_json_atomic(d / "skipped.json", [s for s in skipped if lo <= index.get(s["path"], -1) < hi])
         name = f"/part-{c:05d}.parquet"
         part_records = {rel: rec for rel, rec in records.items() if rel.endswith(name)}
         if part_records:  # else _chunk_files reads them back (a run made before the record)
-            store.write_json_atomic(d / FILES, part_records)
+            store.write_json_atomic(d / chunks.FILES, part_records)
         chunks.mark_done(c)
 
 

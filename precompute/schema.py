@@ -42,6 +42,10 @@ HEAD_SCORES_FILE = "head_scores.parquet"
 MODEL_SCORES_FILE = "model_scores.parquet"
 HEAD_SUMMARY_FILE = "head_summary.parquet"
 HEAD_SUMMARY_KEY = "decompose_key"  # HEAD_SUMMARY schema metadata: the decompose stage key it was computed from
+# Vector columns written with Parquet's BYTE_STREAM_SPLIT (zstd compresses float bytes far better split).
+VECTOR_SPLIT = ["vector.list.element"]  # head vector parts
+EMBEDDING_SPLIT = ["embedding.list.element"]  # image embeddings and text embeddings
+IMAGES_ROW_GROUP = 1024  # images.parquet's row groups: a thumbnail lookup reads little
 LABEL_OVERRIDES_FILE = "label_overrides.csv"  # layer,head,property[,author,note]: a team's corrections, honoured by `label`
 ATTRIBUTES_FILE = "attributes.parquet"  # in a probe folder, not a run folder: ground-truth attributes per image
 

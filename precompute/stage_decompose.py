@@ -28,8 +28,7 @@ from precompute.decompose import Decomposer
 from precompute.errors import RunDirError
 from precompute.images import Batch, ImageFolderDataset, PixelPipeline, collate, discover, split_preprocess
 from precompute.registry import LoadedModel, parse_layers
-from precompute.repair import EMBEDDING_SPLIT, FILES, IMAGE_ROW_GROUP, reopen
-from precompute.repair import chunk_bounds as _chunk_bounds
+from precompute.repair import reopen
 from precompute.weights import WeightsSource, legacy_pretrained
 
 STAGE = "decompose"
@@ -208,7 +207,7 @@ def default_workers(device: torch.device) -> int:
 
 def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Path, opts: DecomposeOptions) -> int:
     paths, labels = plan["paths"], plan["labels"]
-    bounds = _chunk_bounds(len(paths), plan["chunk_size"])
+    bounds = store.chunk_bounds(len(paths), plan["chunk_size"])
     todo = [c for c in range(len(bounds)) if not chunks.is_done(c)]
     done_images = sum(bounds[c][1] - bounds[c][0] for c in range(len(bounds)) if c not in todo)
     if not todo:
@@ -320,13 +319,6 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-VECTOR_SPLIT = ["vector.list.element"]
-EMBEDDING_SPLIT = ["embedding.list.element"]
-
-
-FILES = "files.json"  # in a chunk's work folder: the file_record of each of its head parts
-
-
 def _write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: list[int], payload) -> None:
     rows, embeddings, heads, skipped = payload
     ids = pa.array(rows["image_id"], pa.int64())
@@ -337,13 +329,13 @@ def _write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: li
                 table = pa.Table.from_arrays([ids, store.vectors_to_arrow(heads[:, li, h])],
                                              schema=schema.HEAD_VECTORS_FILE)
                 path = store.head_part_path(run_dir, layer, h, chunk)
-                files[store.relpath(run_dir, path)] = store.write_table_atomic(path, table, VECTOR_SPLIT)
+                files[store.relpath(run_dir, path)] = store.write_table_atomic(path, table, schema.VECTOR_SPLIT)
         emb = pa.Table.from_arrays([ids, store.vectors_to_arrow(embeddings)], schema=schema.IMAGE_EMBEDDINGS)
-        store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGE_EMBEDDINGS_FILE, emb, EMBEDDING_SPLIT)
+        store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGE_EMBEDDINGS_FILE, emb, schema.EMBEDDING_SPLIT)
     images = pa.Table.from_pydict(rows, schema=schema.IMAGES)
     store.write_table_atomic(chunks.chunk_dir(chunk) / schema.IMAGES_FILE, images)
     store.write_json_atomic(chunks.chunk_dir(chunk) / "skipped.json", skipped)
-    store.write_json_atomic(chunks.chunk_dir(chunk) / FILES, files)
+    store.write_json_atomic(chunks.chunk_dir(chunk) / store.ChunkStore.FILES, files)
     chunks.mark_done(chunk)
 
 
@@ -354,7 +346,7 @@ def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: in
     Returns the image count, the skipped files and the ``file_record`` of every file the stage wrote.
     """
     images, embeddings, skipped, files = [], [], [], {}
-    for c in range(len(_chunk_bounds(n, chunk_size))):
+    for c in range(len(store.chunk_bounds(n, chunk_size))):
         d = chunks.chunk_dir(c)
         if not chunks.is_done(c):
             raise RunDirError(f"chunk {c} of {run_dir} is not finished; rerun the same command to finish it")
@@ -365,18 +357,18 @@ def _consolidate(run_dir: Path, chunks: store.ChunkStore, n: int, chunk_size: in
         files.update(_chunk_files(run_dir, d, c))
     image_table = pa.concat_tables(images) if images else schema.IMAGES.empty_table()
     files[schema.IMAGES_FILE] = store.write_table_atomic(run_dir / schema.IMAGES_FILE, image_table,
-                                                         row_group_size=IMAGE_ROW_GROUP)  # fast thumbnail lookups
+                                                         row_group_size=schema.IMAGES_ROW_GROUP)
     emb_table = pa.concat_tables(embeddings) if embeddings else schema.IMAGE_EMBEDDINGS.empty_table()
     files[schema.IMAGE_EMBEDDINGS_FILE] = store.write_table_atomic(run_dir / schema.IMAGE_EMBEDDINGS_FILE,
-                                                                   emb_table, EMBEDDING_SPLIT)
+                                                                   emb_table, schema.EMBEDDING_SPLIT)
     return image_table.num_rows, skipped, files
 
 
 def _chunk_files(run_dir: Path, chunk_dir: Path, chunk: int) -> dict[str, dict]:
     """A chunk's head-part records: from its files.json, or read back from its parts (a chunk finished before
     the record, resumed now)."""
-    if (chunk_dir / FILES).is_file():
-        return json.loads((chunk_dir / FILES).read_text())
+    if (chunk_dir / store.ChunkStore.FILES).is_file():
+        return json.loads((chunk_dir / store.ChunkStore.FILES).read_text())
     name = f"part-{chunk:05d}.parquet"
     parts = (Path(run_dir) / schema.HEAD_VECTORS_DIR).glob(f"layer=*/head=*/{name}")
     return {store.relpath(run_dir, p): store.file_record(p) for p in sorted(parts)}

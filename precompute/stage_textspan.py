@@ -136,7 +136,7 @@ def write_texts(run_dir: Path, pool: Pool, embeddings: np.ndarray) -> None:
          pa.array(pool.properties, pa.string()), store.vectors_to_arrow(embeddings)],
         schema=schema.TEXTS.with_metadata({"pool": pool.name, "pool_sha256": pool.sha256}),
     )
-    store.write_table_atomic(Path(run_dir) / schema.TEXTS_FILE, table, ["embedding.list.element"])
+    store.write_table_atomic(Path(run_dir) / schema.TEXTS_FILE, table, schema.EMBEDDING_SPLIT)
 
 
 def read_picks(run_dir: Path) -> dict[tuple[int, int], list[dict]]:

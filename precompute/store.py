@@ -237,8 +237,15 @@ def read_head(run_dir: Path, layer: int, head: int) -> tuple[np.ndarray, np.ndar
     return table.column("image_id").to_numpy(), arrow_to_vectors(table.column("vector"))
 
 
+def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of ``size`` images out of ``n``."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
 class ChunkStore:
     """The per-chunk working area of a resumable stage under RUN_DIR/_work/<stage>/."""
+
+    FILES = "files.json"  # in a chunk's folder: the file_record of each table the chunk wrote into the run
 
     def __init__(self, run_dir: Path, stage: str):
         self.root = Path(run_dir) / WORK_DIR / stage
