@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from precompute import verify, weights
 from precompute.schema import STAGES
-from precompute.weights import WeightsSource
 
 WHAT = {
     "decompose": "head vectors",
@@ -21,33 +22,16 @@ WHAT = {
 }
 
 
-def weights_args(record: object) -> list[str]:
-    """The run's weights (the manifest's ``model.weights`` record) as `clip-interpret` options."""
-    try:
-        source = WeightsSource.from_record(record)  # type: ignore[arg-type]
-    except ValueError:
-        return ["--pretrained", "WEIGHTS"]
-    if source.kind == "none":
-        return ["--random-init", "--seed", str(source.value)]
-    if source.kind == "shipped":
-        return []  # a shipped model's default weights
-    return ["--pretrained", source.describe()]
+weights_args = weights.cli_args  # the run's weights record as `clip-interpret` options
 
 
 def run_command(manifest: Mapping, run_dir: str) -> str:
-    """`clip-interpret run ...` that completes the run in ``run_dir`` (same model, images and layers)."""
-    model = manifest.get("model") if isinstance(manifest.get("model"), Mapping) else {}
-    images = manifest.get("images") if isinstance(manifest.get("images"), Mapping) else {}
-    layers = manifest.get("layers")
-    args = ["clip-interpret", "run", "--model", str(model.get("architecture") or "ARCH"),
-            *weights_args(model.get("weights")), "--images", str(images.get("root") or "FOLDER")]
-    if isinstance(layers, list) and layers:
-        args += ["--layers", ",".join(map(str, layers))]
-    return shlex.join(args + ["--out", run_dir])
+    """`clip-interpret run ...` that completes the run in ``run_dir`` (``precompute.verify.run_command``)."""
+    return verify.run_command(Path(run_dir), dict(manifest))
 
 
-def stage_command(stage: str, run_dir: str) -> str:
-    return shlex.join(["clip-interpret", stage, "--out", run_dir])
+def stage_command(stage: str, run_dir: str, manifest: Mapping | None = None) -> str:
+    return verify.stage_command(Path(run_dir), dict(manifest or {}), stage)
 
 
 def missing_stages(done: Sequence[str], needed: str) -> list[str]:
@@ -67,7 +51,7 @@ def stage_hint(run: str, manifest: Mapping | str, run_dir: str, done: Sequence[s
     if "decompose" in missing:
         steps = f"`{run_command(manifest, run_dir)}`"
     else:
-        steps = " then ".join(f"`{stage_command(s, run_dir)}`" for s in missing)
+        steps = " then ".join(f"`{stage_command(s, run_dir, manifest)}`" for s in missing)
         steps += f", or all at once: `{run_command(manifest, run_dir)}` (finished stages are skipped)"
     return (f"Run **{run}** has no {WHAT[needed]} yet (stages done: {have}). "
             f"Add {'them' if len(missing) > 1 else 'it'} with {steps}.")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from precompute import schema
 from precompute.errors import RunDirError
-from precompute.weights import migrate_model_record
+from precompute.weights import file_sha256, migrate_model_record
 
 WORK_DIR = "_work"
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
@@ -92,8 +92,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def file_record(path: Path, rows: int | None = None) -> dict:
     """What the manifest's ``files`` keeps of a table: its size, row count and sha256 (precompute/verify.py)."""
     path = Path(path)
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = file_sha256(path)
     if rows is None:
         rows = pq.read_metadata(path).num_rows
     return {"bytes": path.stat().st_size, "rows": rows, "sha256": digest}

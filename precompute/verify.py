@@ -16,7 +16,6 @@ No torch here: the dashboard imports this module.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from precompute import schema, store
+from precompute import schema, store, weights
 from precompute.errors import RunDirError
 
 KINDS = ("missing", "unreadable", "size", "rows", "checksum", "coverage")
@@ -83,9 +82,7 @@ class Health:
 stage_of = schema.stage_of  # the stage that writes a file
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+sha256_file = weights.file_sha256  # the one hash of the project (checkpoints, run files)
 
 
 def footer_rows(path: Path, size: int) -> tuple[int | None, str]:
@@ -263,25 +260,13 @@ def check_run(run_dir: Path, full: bool = False) -> Health:
 # ------------------------------------------------------------------ the repair command
 
 
-def _weights_options(model: dict) -> list[str]:
-    w = model.get("weights") or {}
-    kind, value = w.get("kind"), w.get("value")
-    if kind == "none":
-        return ["--random-init", "--seed", str(value)] if str(value) not in ("0", "None") else ["--random-init"]
-    if kind == "local-dir":
-        return ["--pretrained", f"local-dir:{value}"]
-    if kind in ("tag", "file"):
-        return ["--pretrained", str(value)]
-    return []  # shipped: the default weights of a toy model
-
-
 def run_command(run_dir: Path, manifest: dict) -> str:
     """The `clip-interpret run` command that made this run, as far as the manifest records it."""
     model = manifest.get("model") or {}
     images = manifest.get("images") or {}
     stages = manifest.get("stages") or {}
-    args = ["clip-interpret", "run", "--model", str(model.get("architecture", "MODEL")), *_weights_options(model),
-            "--images", str(images.get("root", "IMAGES")), "--out", str(run_dir)]
+    args = ["clip-interpret", "run", "--model", str(model.get("architecture") or "MODEL"),
+            *weights.cli_args(model.get("weights")), "--images", str(images.get("root") or "IMAGES")]
     if manifest.get("layers"):
         args += ["--layers", ",".join(str(x) for x in manifest["layers"])]
     if images.get("limit") is not None:
@@ -292,7 +277,7 @@ def run_command(run_dir: Path, manifest: dict) -> str:
     pool = (stages.get("textspan") or {}).get("pool")
     if pool:
         args += ["--pool", str(pool)]
-    return shlex.join(args)
+    return shlex.join(args + ["--out", str(run_dir)])
 
 
 def stage_command(run_dir: Path, manifest: dict, stage: str) -> str:

@@ -102,6 +102,19 @@ def describe_record(record: object) -> str | None:
         return None
 
 
+def cli_args(record: object) -> list[str]:
+    """A manifest's weights record as `clip-interpret` options (a placeholder when it is not a valid record)."""
+    try:
+        source = WeightsSource.from_record(record)  # type: ignore[arg-type]
+    except ValueError:
+        return ["--pretrained", "WEIGHTS"]
+    if source.kind == "none":
+        return ["--random-init", "--seed", str(source.value or 0)]  # explicit: the command reproduces the run
+    if source.kind == "shipped":
+        return []  # a shipped model's default weights
+    return ["--pretrained", source.describe()]
+
+
 def shipped_weights_dir(architecture: str) -> Path | None:
     """The shipped open_clip folder of ``architecture``, or None when none is shipped."""
     d = MODELS_DIR / architecture

@@ -100,7 +100,7 @@ def test_verify_names_every_damaged_file_and_the_repair_command(made, tmp_path):
     for path, kind, _ in DAMAGE.values():
         assert any(line.split()[:2] == [kind, f"{path}:"] for line in lines), (path, done.stdout)
     assert "5 damaged files" in done.stdout
-    assert "repair: clip-interpret run --model test-tiny --random-init --images" in done.stdout
+    assert "repair: clip-interpret run --model test-tiny --random-init --seed 0 --images" in done.stdout
 
     quick = clip_interpret("verify", "--quick", str(run))
     assert quick.returncode == 3
