@@ -55,9 +55,16 @@ from PIL import Image  # noqa: E402
 from dashboard import data, live, overlay  # noqa: E402
 
 try:
-    from dashboard import analysis, upload  # noqa: E402
-except ImportError:  # an exported revision from before dashboard/analysis.py and upload.py: live.py held both
-    analysis = upload = live
+    from precompute import analysis  # noqa: E402
+except ImportError:  # an exported revision from before the analyses moved to precompute/analysis.py
+    try:
+        from dashboard import analysis  # noqa: E402
+    except ImportError:  # before dashboard/analysis.py and upload.py: live.py held both
+        analysis = live
+try:
+    from dashboard import upload  # noqa: E402
+except ImportError:
+    upload = live
 from precompute import paths  # noqa: E402
 from precompute.decompose import Decomposer  # noqa: E402
 from precompute.registry import ModelSpec, WeightsSource, load_model  # noqa: E402

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import analysis, charts, data, state, urlstate
+from dashboard import charts, data, state, urlstate
+from precompute import analysis
 from dashboard.widgets import (RunContext, coverage_note, download_csv, fail, repair_hint, stage_hint,
                                thumbnail_grid)
 from precompute import schema

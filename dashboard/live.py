@@ -2,7 +2,7 @@
 
 No streamlit here; the caller (``dashboard.state``) holds the model's lock around anything that runs the
 model. Uploads reach it through ``dashboard.upload`` (the one decoder, ``precompute.images.open_image``);
-the analyses' maths over its terms is ``dashboard.analysis``.
+the analyses' maths over its terms is ``precompute.analysis``.
 """
 
 from __future__ import annotations

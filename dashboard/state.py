@@ -32,7 +32,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from dashboard import analysis, data, live, memcache
+from dashboard import data, live, memcache
+from precompute import analysis
 from dashboard.rundirs import Discovery, discover_runs
 from precompute import registry, store, verify
 from precompute.decompose import Decomposer

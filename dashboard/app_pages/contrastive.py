@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard import analysis, imagesource, overlay, state, urlstate, widgets
+from dashboard import imagesource, overlay, state, urlstate, widgets
+from precompute import analysis
 
 ctx = widgets.run_page("3 · Contrastive map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")

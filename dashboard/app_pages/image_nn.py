@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard import analysis, imagesource, state, widgets
+from dashboard import imagesource, state, widgets
+from precompute import analysis
 from precompute.labels import head_name
 
 ctx = widgets.run_page("4 · Image neighbours, per head", needs="decompose")

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard import analysis, data, imagesource, state, urlstate, widgets
+from dashboard import data, imagesource, state, urlstate, widgets
+from precompute import analysis
 from precompute.labels import MIXED, head_name
 
 ctx = widgets.run_page("1 · Property nearest neighbours", needs="label")

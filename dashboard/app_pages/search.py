@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard import data, headsearch, imagesource, state, urlstate, widgets
+from dashboard import data, imagesource, state, urlstate, widgets
+from precompute import headsearch
 from dashboard.widgets import open_head
 from precompute.labels import head_name
 

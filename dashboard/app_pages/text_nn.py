@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard import analysis, imagesource, state, urlstate, widgets
+from dashboard import imagesource, state, urlstate, widgets
+from precompute import analysis
 from precompute.labels import head_name
 
 ctx = widgets.run_page("5 · Text neighbours, per head", needs="decompose")

@@ -65,7 +65,8 @@ def test_decompose_end_to_end_on_cuda_matches_the_cpu(tmp_path):
 def test_a_live_analysis_runs_on_cuda():
     from PIL import Image
 
-    from dashboard import analysis, live
+    from dashboard import live
+    from precompute import analysis
     from precompute.decompose import Decomposer
     from precompute.registry import ModelSpec, WeightsSource, load_model
     from precompute.textenc import encode_texts

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboard import analysis, data, headsearch, hints, live, overlay, settings
+from dashboard import data, hints, live, overlay, settings
+from precompute import analysis, headsearch
 from precompute.decompose import Decomposer
 from precompute.errors import InputError
 from precompute.registry import ModelSpec, WeightsSource, load_model

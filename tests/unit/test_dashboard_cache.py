@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from dashboard import analysis, data, memcache, state
+from dashboard import data, memcache, state
+from precompute import analysis
 from precompute import derived
 from precompute.errors import InputError
 from precompute.stage_textspan import head_stats
