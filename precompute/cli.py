@@ -341,8 +341,6 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
 ):
     """Serve the Streamlit dashboard over every run under --data-dir."""
-    import subprocess
-
     from precompute.errors import InputError
 
     data_dir = data_dir or paths.runs_dir()
@@ -353,7 +351,11 @@ def dashboard(
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--", "--data-dir", str(data_dir.resolve())]
     typer.echo(f"dashboard on http://{host}:{port}  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the server (exec, not a child): SIGTERM, SIGINT or SIGHUP sent to this pid reach Streamlit itself,
+    # so a supervisor that stops `clip-interpret dashboard` never leaves a server holding the port.
+    os.execv(sys.executable, cmd)
 
 
 def _mount_toyworld() -> None:
