@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from dashboard.rundirs import discover_runs
 from dashboard.views import VIEW_SCHEMAS, create_views
-from precompute import derived, schema, store
+from precompute import derived, overrides, schema, store
 from precompute.errors import InputError, InterpretError
 
 # What reading a damaged file raises: DuckDB's "No magic bytes found", "too small to be a Parquet file",
@@ -274,8 +274,14 @@ def head_texts(con: duckdb.DuckDBPyConnection, run: str, layer: int, head: int) 
 
 
 def head_labels(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
-    """Every labelled head of a run, by layer and head."""
-    return _run_table(con, run, "head_labels", HEAD_TABLE_SQL)
+    """Every labelled head of a run, by layer and head, with the run's label corrections applied
+    (``precompute.overrides.apply_to_labels``: adds stored_property, label_source, stale)."""
+    return _corrected(con, run, _run_table(con, run, "head_labels", HEAD_TABLE_SQL))
+
+
+def _corrected(con: duckdb.DuckDBPyConnection, run: str, labels: pa.Table) -> pa.Table:
+    """``labels`` with the corrections of the run's label_overrides.csv applied, as every page reads them."""
+    return overrides.apply_to_labels(labels, os.path.join(run_info(con, run)["path"], schema.LABEL_OVERRIDES_FILE))
 
 
 def head_scores(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
@@ -331,14 +337,16 @@ HEAD_OVERVIEW_NO_TEXTS_SQL = ("SELECT layer, head, property, association, ccs5, 
 
 
 def head_overview(con: duckdb.DuckDBPyConnection, run: str, top: int = 3) -> pa.Table:
-    """Each labelled head: layer, head, property, association, ccs5, labeller, and its top texts joined by ' | '."""
+    """Each labelled head: layer, head, property, association, ccs5, labeller, its top texts joined by ' | ', and
+    the corrections' columns (``head_labels``)."""
     labels = run_files(con, run, "head_labels")
     if not labels:
-        return pa.table({"layer": pa.array([], pa.int32()), "head": pa.array([], pa.int32()),
+        return _corrected(con, run, pa.table({"layer": pa.array([], pa.int32()), "head": pa.array([], pa.int32()),
                          "property": pa.array([], pa.string()), "association": pa.array([], pa.float32()),
                          "ccs5": pa.array([], pa.int32()), "labeller": pa.array([], pa.string()),
-                         "texts": pa.array([], pa.string())})
+                         "texts": pa.array([], pa.string())}))
     picks = run_files(con, run, "head_texts")
     if not picks:
-        return _read(con, run, labels, HEAD_OVERVIEW_NO_TEXTS_SQL)
-    return _read(con, run, labels + picks, HEAD_OVERVIEW_SQL, [labels, picks, int(top)], files_first=False)
+        return _corrected(con, run, _read(con, run, labels, HEAD_OVERVIEW_NO_TEXTS_SQL))
+    return _corrected(con, run, _read(con, run, labels + picks, HEAD_OVERVIEW_SQL, [labels, picks, int(top)],
+                                      files_first=False))

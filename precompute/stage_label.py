@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from precompute import labels as lab
 from precompute import labels_llm as llm
-from precompute import metrics, schema, store, verify
+from precompute import metrics, overrides, schema, store, verify
 from precompute.errors import InputError
 from precompute.stage_textspan import read_picks
 
@@ -68,9 +68,11 @@ def run_label(run_dir: Path, opts: LabelOptions, force: bool = False) -> bool:
     ]
     if opts.labeller == "llm":
         labelled = _llm_labels(labelled, picks, opts, run_dir)
-    for source in (opts.overrides, run_dir / schema.LABEL_OVERRIDES_FILE):
-        if source is not None and Path(source).is_file():
-            labelled = lab.apply_overrides(labelled, lab.load_overrides(source), source)
+    if opts.overrides is not None:
+        labelled = lab.apply_overrides(labelled, lab.load_overrides(opts.overrides), opts.overrides)
+    history = run_dir / schema.LABEL_OVERRIDES_FILE  # append-only: the latest row per head wins (overrides.py)
+    if history.is_file():
+        labelled = lab.apply_overrides(labelled, overrides.load_latest(history), history)
     write_labels(run_dir, labelled, picks, opts.top_k)
     store.finish_stage(run_dir, manifest, STAGE, key, time.perf_counter() - t0,
                        after=manifest["stages"]["textspan"]["key"], labeller=opts.labeller,
