@@ -49,6 +49,8 @@ else:
                     default=True),
             st.Page(PAGES / "head.py", title="Head explorer", icon=":material/grid_view:", url_path="head"),
             st.Page(PAGES / "search.py", title="Search heads", icon=":material/search:", url_path="search"),
+            st.Page(PAGES / "head_grid.py", title="All heads' maps", icon=":material/apps:", url_path="head-grid"),
+            st.Page(PAGES / "image.py", title="Image", icon=":material/image:", url_path="image"),
         ],
         "Analyses": [
             st.Page(PAGES / "property_nn.py", title="1 · Property neighbours", icon=":material/category:",

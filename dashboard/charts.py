@@ -106,3 +106,23 @@ def variance_bars(frame: pd.DataFrame) -> alt.LayerChart:
     bars = base.mark_bar(color="#4c78a8")
     text = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("variance_explained:Q", format=".2f"))
     return (bars + text).properties(height=alt.Step(24))
+
+
+def projection_histogram(values, marks: pd.DataFrame | None = None, title: str = "projection",
+                         bins: int = 40) -> alt.LayerChart:
+    """How a head's projection is spread over the probe set: a histogram of ``values`` [n], with a labelled
+    vertical rule per row of ``marks`` (columns ``what``, ``value``): where a text or an upload lands."""
+    frame = pd.DataFrame({"projection": pd.Series(values, dtype="float64")})
+    bars = alt.Chart(frame).mark_bar(color="#4c78a8", opacity=0.8).encode(
+        x=alt.X("projection:Q", bin=alt.Bin(maxbins=bins), title=title),
+        y=alt.Y("count():Q", title="images"),
+        tooltip=[alt.Tooltip("count():Q", title="images")],
+    )
+    chart = bars
+    if marks is not None and not marks.empty:
+        rules = alt.Chart(marks).mark_rule(color="#e45756", strokeWidth=2).encode(
+            x="value:Q", tooltip=["what:N", alt.Tooltip("value:Q", format=".3g")])
+        text = alt.Chart(marks).mark_text(align="left", dx=4, dy=-6, color="#e45756", fontSize=11).encode(
+            x="value:Q", y=alt.value(8), text="what:N")
+        chart = bars + rules + text
+    return chart.properties(height=200)

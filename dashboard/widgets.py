@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
@@ -314,3 +315,20 @@ def show_neighbours(ctx: RunContext, frame: pd.DataFrame, file_stem: str, key: s
     thumbnail_grid(ctx, frame["image_id"], captions)
     st.dataframe(frame, hide_index=True, width="stretch")
     download_csv(frame, "Download CSV", f"{file_stem}.csv", key=f"{key}.csv")
+
+
+def image_link(run: str, image_id: int) -> str:
+    """A relative link to the image page of one dataset image (for ``st.column_config.LinkColumn``)."""
+    return f"image?{urlencode({'run': run, 'img': int(image_id)})}"
+
+
+def stale_labels_note(name: str, labels: pd.DataFrame) -> None:
+    """A caption naming the heads whose label was corrected since the score stage ran: their scores are of the
+    old label until ``clip-interpret label`` and ``score`` rerun (``precompute.overrides.apply_to_labels``)."""
+    if "stale" not in labels or not labels["stale"].any():
+        return
+    stale = labels[labels["stale"].astype(bool)]
+    heads = ", ".join(f"{head_name(int(r.layer), int(r.head))} → {r.property}" for r in stale.itertuples())
+    st.caption(f"Run **{name}**: corrected label{'s' if len(stale) > 1 else ''} {heads}, shown at once; "
+               "association, CCS and the model scores are of the old label until `clip-interpret label` and "
+               "`clip-interpret score` rerun.")

@@ -1,8 +1,10 @@
-"""Head explorer: what one head does (label, TEXTSPAN texts, scores, top images), and a way to correct it."""
+"""Head explorer: what one head does. Its label (provenance, ground truth, corrections), TEXTSPAN texts and scores;
+the projection of every probe image on its direction (histogram, top and bottom images, patch maps); a test box;
+links into every analysis; and a way to correct the label."""
 
 import streamlit as st
 
-from dashboard import data, headview, widgets
+from dashboard import headview, widgets
 
 ctx = widgets.run_page("Head explorer", needs="decompose")
 
@@ -12,21 +14,28 @@ prev.button("← Previous", key="head.prev", on_click=headview.step, args=(ctx, 
             width="stretch")
 nxt.button("Next →", key="head.next", on_click=headview.step, args=(ctx, "head", layer, head, 1), width="stretch")
 
-labels = data.head_labels(ctx.con, ctx.name).to_pandas()
-row = labels[(labels["layer"] == layer) & (labels["head"] == head)]
-label = row.iloc[0].to_dict() if not row.empty else None
+labels, label = headview.head_label(ctx, layer, head)
+scores = headview.score_row(ctx, layer, head)
 
 if headview.SAVED in st.session_state:
     st.success(st.session_state.pop(headview.SAVED))
-headview.label_section(ctx, label, layer, head)
-headview.pending_override(ctx, label, layer, head)
+headview.label_section(ctx, label, scores, layer, head)
+headview.links_section(ctx, label, layer, head)
 
 left, right = st.columns([3, 2])
 with left:
     picks = headview.texts_section(ctx, layer, head)
 with right:
-    headview.scores_section(ctx, layer, head)
+    headview.scores_section(ctx, label, scores)
     known = labels["property"].tolist() + (picks["property"].dropna().tolist() if not picks.empty else [])
     headview.override_form(ctx, label, layer, head, known)
+    headview.history_section(ctx, layer, head)
 
-headview.top_images_section(ctx, layer, head, picks)
+st.markdown("### Along the head's direction")
+m = headview.head_matrix(ctx, layer, head)
+d = headview.direction(ctx, m, layer, head, picks)
+hist = st.empty()  # redrawn by the test box with its marks
+hist.altair_chart(headview.histogram(d), width="stretch")
+top_ids = headview.images_section(ctx, m, d, layer, head)
+headview.maps_section(ctx, d, layer, head, top_ids)
+headview.test_section(ctx, m, d, layer, head, hist)
