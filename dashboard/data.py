@@ -78,16 +78,17 @@ EXAMPLE_QUERIES: tuple[tuple[str, str], ...] = (
      "       string_agg(t.text, ' | ' ORDER BY t.rank) AS top_texts\n"
      "FROM head_labels AS l JOIN head_texts AS t USING (run, layer, head)\n"
      "WHERE t.rank <= 5\nGROUP BY ALL\nORDER BY l.run, l.layer, l.head"),
-    ("Nearest images by one head's vector (FLOAT[d] arrays)",
+    ("Nearest images by one head's vector",
      "-- The 5 images closest (cosine) to the first image, by head 0 of each run's last layer.\n"
-     "-- Union views hold FLOAT[d] when every run has the same width d; otherwise query one\n"
-     "-- run's schema, e.g. FROM \"my-run\".head_vectors, or use list_cosine_similarity.\n"
+     "-- list_cosine_similarity works on every view; array_cosine_similarity needs FLOAT[d] arrays,\n"
+     "-- which one run's schema always has (FROM \"my-run\".head_vectors) and the union views only\n"
+     "-- when every run has the same width d.\n"
      "WITH target AS (\n"
      "    SELECT v.run, v.layer, v.head, v.image_id, v.vector\n"
      "    FROM head_vectors AS v JOIN runs AS r ON v.run = r.run AND v.layer = list_max(r.layers)\n"
-     "    WHERE v.head = 0 AND v.image_id = (SELECT min(image_id) FROM images)\n)\n"
+     "    WHERE v.head = 0 AND v.image_id = (SELECT min(image_id) FROM images AS i WHERE i.run = v.run)\n)\n"
      "SELECT v.run, v.layer, v.head, t.image_id AS query_image, v.image_id,\n"
-     "       array_cosine_similarity(v.vector, t.vector) AS similarity\n"
+     "       list_cosine_similarity(v.vector, t.vector) AS similarity\n"
      "FROM head_vectors AS v JOIN target AS t USING (run, layer, head)\n"
      "QUALIFY row_number() OVER (PARTITION BY v.run ORDER BY similarity DESC) <= 5\n"
      "ORDER BY v.run, similarity DESC"),
@@ -95,10 +96,29 @@ EXAMPLE_QUERIES: tuple[tuple[str, str], ...] = (
      "WITH sample AS (\n"
      "    SELECT * FROM image_embeddings\n"
      "    QUALIFY row_number() OVER (PARTITION BY run ORDER BY image_id) <= 5\n)\n"
-     "SELECT s.run, s.image_id, t.text, array_inner_product(s.embedding, t.embedding) AS score\n"
+     "SELECT s.run, s.image_id, t.text, list_inner_product(s.embedding, t.embedding) AS score\n"
      "FROM sample AS s JOIN texts AS t USING (run)\n"
      "QUALIFY row_number() OVER (PARTITION BY s.run, s.image_id ORDER BY score DESC) = 1\n"
      "ORDER BY s.run, s.image_id"),
+    ("Ground truth of the probe images (where the probe set has it)",
+     "-- attributes: one row per (image, attribute) from the probe folder's attributes.parquet\n"
+     "SELECT run, attribute, value, count(*) AS images\n"
+     "FROM attributes\nWHERE attribute <> 'caption'\n"
+     "GROUP BY ALL\nORDER BY run, attribute, images DESC"),
+    ("Does a head's label match what its top images share? (ground truth)",
+     "-- For each labelled head, the attribute value most common among its 20 images of largest\n"
+     "-- vector norm, and how many of the 20 share it. Swap norm for a projection to ask sharper questions.\n"
+     "WITH top AS (\n"
+     "    SELECT run, layer, head, image_id FROM head_vectors\n"
+     "    QUALIFY row_number() OVER (PARTITION BY run, layer, head ORDER BY list_inner_product(vector, vector) DESC) <= 20\n"
+     "), shared AS (\n"
+     "    SELECT t.run, t.layer, t.head, a.attribute, a.value, count(*) AS of_20\n"
+     "    FROM top AS t JOIN attributes AS a USING (run, image_id)\n"
+     "    WHERE a.attribute <> 'caption'\n    GROUP BY ALL\n)\n"
+     "SELECT s.run, s.layer, s.head, l.property AS label, s.attribute, s.value, s.of_20\n"
+     "FROM shared AS s JOIN head_labels AS l USING (run, layer, head)\n"
+     "QUALIFY row_number() OVER (PARTITION BY s.run, s.layer, s.head ORDER BY s.of_20 DESC) = 1\n"
+     "ORDER BY s.run, s.layer, s.head"),
 )
 
 
@@ -261,6 +281,27 @@ def head_summaries(con: duckdb.DuckDBPyConnection, run: str) -> dict[tuple[int, 
 def image_meta(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
     """image_id, path, label, width, height of every image of a run (no thumbnails)."""
     return _run_table(con, run, "images", IMAGE_META_SQL, columns=["image_id", "path", "label", "width", "height"])
+
+
+GROUND_TRUTH_SKIP = ("path", "image_id", "caption")  # attributes.parquet columns that are not short categories
+
+
+def image_attributes(con: duckdb.DuckDBPyConnection, run: str):
+    """image_id and the probe set's ground-truth attributes (shape, color, ...) of every image of the run, a frame;
+    None when the probe folder has no ``attributes.parquet`` (``store.probe_attributes_file``)."""
+    path = store.probe_attributes_file(json.loads(run_info(con, run)["manifest"]))
+    if path is None:
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DamagedFileError(run, run_info(con, run)["path"], str(path), str(e).splitlines()[0]) from None
+    if "path" not in table.column_names:
+        return None
+    keep = [c for c in table.column_names if c not in GROUND_TRUTH_SKIP]
+    frame = table.select(["path", *keep]).to_pandas()
+    meta = image_meta(con, run).select(["image_id", "path"]).to_pandas()
+    return meta.merge(frame, on="path", how="inner")[["image_id", *keep]]
 
 
 def texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:

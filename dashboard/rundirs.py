@@ -23,6 +23,7 @@ from precompute import schema, store
 from precompute.errors import InputError, RunDirError
 
 MAX_DEPTH = 3
+ATTRIBUTES_VIEW = "attributes"  # the probe set's attributes.parquet, read long: (image_id, attribute, value)
 # view name -> its first vector column, for the tables that have one (the run's width d is read from it)
 VECTOR_COLUMNS = {
     name.removesuffix(".parquet"): next(f.name for f in table if f.type == schema.VECTOR)
@@ -108,6 +109,9 @@ def _load_run(root: str, folder: str) -> tuple[Run | None, list[tuple[str, str]]
     except OSError as e:  # removed since it was read
         return None, [(manifest_path, f"cannot read the manifest ({e}); run skipped")]
     tables = _table_files(folder)
+    attributes = store.probe_attributes_file(manifest)  # ground truth of the probe set, outside the run folder
+    if attributes is not None and "images" in tables:
+        tables[ATTRIBUTES_VIEW] = (str(attributes),)
     dim, problems = _run_dim(manifest_path, manifest, tables)
     run = Run(_run_name(root, folder), folder, manifest, dim, tables, (st.st_mtime_ns, st.st_size))
     return run, problems

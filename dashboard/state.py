@@ -345,3 +345,13 @@ def _image_table(_cat: Catalog, run_key: str, run: str):
 def image_table(cat: Catalog, run: str):
     """image_id, path, label, width, height of every image of the run (a frame; do not modify)."""
     return _image_table(cat, cat.keys[run], run)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _attribute_table(_cat: Catalog, run_key: str, run: str):
+    return data.image_attributes(_cat.con, run)
+
+
+def attribute_table(cat: Catalog, run: str):
+    """image_id and ground-truth attributes of every image of the run (a frame; do not modify), or None."""
+    return _attribute_table(cat, cat.keys[run], run)

@@ -15,6 +15,10 @@ Main schema
                    ``head_vectors`` is (run, image_id, layer, head, vector), layer and
                    head read from the hive folders. A table no run has is still a view,
                    with the same columns and no rows.
+    attributes     run, image_id, attribute, value: the ground truth of the run's probe
+                   set (its folder's ``attributes.parquet``, as the toy world writes), one
+                   row per image and attribute, values as text; empty for a probe set
+                   without one.
 
 Per-run schemas
     ``"<run>".images``, ``"<run>".head_vectors``, ... : the same views for one run
@@ -50,14 +54,20 @@ from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from dashboard.rundirs import VECTOR_COLUMNS, Discovery, Run, get
+from dashboard.rundirs import ATTRIBUTES_VIEW, VECTOR_COLUMNS, Discovery, Run, get
 from precompute import schema, store, weights
+
+# The probe set's ground truth, long: one row per (image, attribute); the file's columns vary by probe set.
+ATTRIBUTES = pa.schema([("image_id", pa.int64()), ("attribute", pa.string()), ("value", pa.string())])
+ATTRIBUTE_SKIP = ("path", "image_id")  # columns of attributes.parquet that are keys, not attributes
 
 # View name -> Arrow schema, in the order views are created and listed.
 VIEW_SCHEMAS: dict[str, pa.Schema] = {
     **{name.removesuffix(".parquet"): s for name, s in schema.TABLES.items()},
     schema.HEAD_VECTORS_DIR: schema.HEAD_VECTORS,
+    ATTRIBUTES_VIEW: ATTRIBUTES,
 }
 
 _DUCK_TYPES = {
@@ -111,6 +121,8 @@ def run_view_sql(run: Run, view: str) -> str:
     table_schema = VIEW_SCHEMAS[view]
     if view not in run.tables:
         return empty_view_sql(table_schema, run.dim)
+    if view == ATTRIBUTES_VIEW:
+        return attributes_view_sql(run)
     columns = ", ".join(
         f"{literal(run.name)} AS run" if f.name == "run"
         else f"CAST({ident(f.name)} AS {duck_type(f.type, run.dim)}) AS {ident(f.name)}"
@@ -119,6 +131,24 @@ def run_view_sql(run: Run, view: str) -> str:
     files = "[" + ", ".join(literal(p) for p in run.tables[view]) + "]"
     options = HIVE_OPTIONS if view == schema.HEAD_VECTORS_DIR else "hive_partitioning = false"
     return f"SELECT {columns} FROM read_parquet({files}, {options})"
+
+
+def attributes_view_sql(run: Run) -> str:
+    """The probe set's attributes.parquet as (image_id, attribute, value), joined to the run's images on path.
+
+    Every column but the keys becomes an attribute (the toy world's: shape, color, ..., caption); values as text.
+    """
+    path = run.tables[ATTRIBUTES_VIEW][0]
+    names = [n for n in pq.read_schema(path).names if n not in ATTRIBUTE_SKIP]
+    if not names:
+        return empty_view_sql(ATTRIBUTES, run.dim)
+    cols = ", ".join(f"CAST({ident(n)} AS VARCHAR) AS {ident(n)}" for n in names)
+    images = "[" + ", ".join(literal(p) for p in run.tables["images"]) + "]"
+    unpivot = (f"UNPIVOT (SELECT CAST(path AS VARCHAR) AS path, {cols} FROM read_parquet([{literal(path)}])) "
+               f"ON {', '.join(ident(n) for n in names)} INTO NAME attribute VALUE value")
+    return (f"SELECT CAST(i.image_id AS BIGINT) AS image_id, CAST(a.attribute AS VARCHAR) AS attribute, "
+            f"CAST(a.value AS VARCHAR) AS value FROM ({unpivot}) AS a "
+            f"JOIN read_parquet({images}, hive_partitioning = false) AS i ON i.path = a.path")
 
 
 def empty_view_sql(table_schema: pa.Schema, dim: int | None, with_run: bool = False) -> str:

@@ -48,8 +48,7 @@ class ScoreOptions:
 def attributes_path(manifest: dict, opts: ScoreOptions) -> Path | None:
     if opts.attributes is not None:
         return Path(opts.attributes)
-    candidate = Path(manifest.get("images", {}).get("root", "")) / schema.ATTRIBUTES_FILE
-    return candidate if candidate.is_file() else None
+    return store.probe_attributes_file(manifest)
 
 
 def score_key(manifest: dict, opts: ScoreOptions, attrs: Path | None, zero_shot: bool) -> str:

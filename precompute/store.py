@@ -192,6 +192,13 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
     write_json_atomic(Path(run_dir) / schema.MANIFEST, manifest)
 
 
+def probe_attributes_file(manifest: dict) -> Path | None:
+    """The probe set's ground truth (``<images root>/attributes.parquet``) when the run's probe folder has one."""
+    root = (manifest.get("images") or {}).get("root") if isinstance(manifest, dict) else None
+    candidate = Path(root) / schema.ATTRIBUTES_FILE if root else None
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
 def head_dir(run_dir: Path, layer: int, head: int) -> Path:
     """head_vectors/layer=L/head=H/: one head's parts (hive partitioning: layer and head live in the path)."""
     return Path(run_dir) / schema.HEAD_VECTORS_DIR / f"layer={layer}" / f"head={head}"

@@ -1,0 +1,48 @@
+"""AppTest: ground truth shown where the probe set has it, bad links that say what they opened, readable pages."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dashboard.settings import ENV_DATA_DIR
+from precompute import schema
+from tests.app.conftest import all_text, no_exceptions, open_page
+from tests.fixtures.runs import make_run
+
+
+@pytest.fixture(scope="module")
+def truth_dir(tmp_path_factory):
+    """A synthetic run whose probe folder has ground-truth attributes.parquet (as the toy world's has)."""
+    root = tmp_path_factory.mktemp("truth")
+    make_run(root / "runs", "synth", d=8, layers=(2, 3), heads=2, n_images=12, seed=3)
+    probe = root / "probe"
+    probe.mkdir()
+    paths = [f"cls{i % 2}/img{i}.png" for i in range(12)]
+    pq.write_table(pa.table({"path": paths, "color": ["red", "blue", "green"] * 4, "size": ["small", "large"] * 6,
+                             "caption": ["x"] * 12}), probe / schema.ATTRIBUTES_FILE)
+    manifest_path = root / "runs" / "synth" / schema.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest.setdefault("images", {})["root"] = str(probe)
+    manifest_path.write_text(json.dumps(manifest))
+    return root / "runs"
+
+
+@pytest.fixture
+def truth_app(truth_dir, monkeypatch):
+    monkeypatch.setenv(ENV_DATA_DIR, str(truth_dir))
+    return open_page
+
+
+def test_neighbour_tables_show_the_probe_sets_ground_truth(truth_app):
+    at = truth_app("image_nn", run="synth", layer=3, head=1, img=104, k=5)
+    no_exceptions(at)
+    frame = at.dataframe[0].value
+    assert {"color", "size"} <= set(frame.columns), list(frame.columns)
+    assert "caption" not in frame.columns  # long free text stays in the SQL view
+    expected = {100 + i: ["red", "blue", "green"][i % 3] for i in range(12)}
+    assert all(expected[int(i)] == c for i, c in zip(frame["image_id"], frame["color"]))
+    assert all(link.startswith("image?") for link in frame["image"])
