@@ -98,8 +98,7 @@ def test_a_head_permalink_shows_its_label_texts_scores_and_top_images(app, con, 
     row = pool.column("text_id").to_pylist().index(int(picks.text_id[0]))
     emb = store.arrow_to_vectors(pool.column("embedding"))[row]
     best = ids[np.argmax(vectors @ (emb / np.linalg.norm(emb)))]
-    captions = [c for img in at.image for c in img.captions]
-    assert captions[-12].startswith(f"#{best} · ")
+    assert at.image[0].captions[0].startswith(f"#{best} · ")
     assert f"the text **“{picks.text[0]}”**" in all_text(at)
 
 
@@ -115,8 +114,7 @@ def test_top_images_by_principal_direction(app, con, runs_dir, run, layer, head)
     v = np.linalg.svd(centred, full_matrices=False)[2][0]
     proj = centred @ v
     proj = proj if np.sum(proj ** 3) >= 0 else -proj
-    captions = [c for img in at.image for c in img.captions]
-    assert captions[-12].startswith(f"#{ids[np.argmax(proj)]} · ")
+    assert at.image[0].captions[0].startswith(f"#{ids[np.argmax(proj)]} · ")
     assert "first principal direction" in all_text(at)
 
 
@@ -141,20 +139,22 @@ def test_a_decompose_only_run_names_the_commands_that_add_the_rest(app, runs_dir
     assert len(at.image) >= 1  # the top images by principal direction need only the head vectors
 
 
-def test_correcting_a_label_writes_an_override_and_shows_it_pending(tmp_path, monkeypatch):
+def test_correcting_a_label_writes_a_correction_and_shows_it_at_once(tmp_path, monkeypatch):
     make_run(tmp_path, "team", d=8, layers=(2, 3), heads=2)
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path))
     at = open_page("head", run="team", layer=3, head=1)
-    [t for t in at.text_input if t.label == "…or a new property name"][0].set_value("shapes")
+    widget(at, "radio", "head.override.how").set_value("new")
+    [t for t in at.text_input if t.label == "New property name"][0].set_value("shapes")
     [t for t in at.text_input if t.label == "Your name"][0].set_value("ana")
     [t for t in at.text_input if t.label == "Why (optional)"][0].set_value("the top texts are all shapes")
-    [b for b in at.button if b.label == "Save override"][0].click().run()
+    [b for b in at.button if b.label == "Save correction"][0].click().run()
     no_exceptions(at)
     saved = load_overrides(tmp_path / "team" / schema.LABEL_OVERRIDES_FILE)
     assert saved[(3, 1)].property == "shapes" and saved[(3, 1)].author == "ana"
     assert "Saved: L3.H1 → shapes." in [s.value for s in at.success]
+    assert at.subheader[0].value == "L3.H1 · shapes"
     warning = " ".join(w.value for w in at.warning)
-    assert "Pending override" in warning and "**shapes** by ana" in warning
+    assert "**Corrected** from **colors** to **shapes**" in warning
     assert f"clip-interpret label --out {tmp_path / 'team'}" in warning
 
 
@@ -217,14 +217,15 @@ def test_an_override_saved_here_is_applied_by_the_next_label_run(runs_dir, tmp_p
     shutil.copytree(runs_dir / "tiny", tmp_path / "tiny")
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path))
     at = open_page("head", run="tiny", layer=0, head=1)
-    [t for t in at.text_input if t.label == "…or a new property name"][0].set_value("noise")
-    [b for b in at.button if b.label == "Save override"][0].click().run()
-    assert "Pending override" in " ".join(w.value for w in at.warning)
+    widget(at, "radio", "head.override.how").set_value("new")
+    [t for t in at.text_input if t.label == "New property name"][0].set_value("noise")
+    [b for b in at.button if b.label == "Save correction"][0].click().run()
+    assert "**Corrected**" in " ".join(w.value for w in at.warning)  # shown at once, scores stale
     result = CliRunner().invoke(cli, ["label", "--out", str(tmp_path / "tiny")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     at = open_page("head", run="tiny", layer=0, head=1)
     no_exceptions(at)
     assert at.subheader[0].value == "L0.H1 · noise"
     assert "by the **manual** labeller" in all_text(at)
-    assert not at.warning
-    assert "This label comes from the override" in all_text(at)
+    assert not at.warning  # applied by the label stage: nothing stale in the label (score not rerun: see scores)
+    assert "This label comes from a correction the label stage applied" in all_text(at)
