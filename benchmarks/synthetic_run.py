@@ -29,7 +29,7 @@ from precompute import schema, store
 from precompute.errors import InputError
 from precompute.pools import load_pool
 from precompute.registry import ModelSpec, WeightsSource, load_model
-from precompute.stage_decompose import STAGE, _consolidate, _write_chunk, model_record, versions
+from precompute.stage_decompose import STAGE, ChunkResult, _consolidate, model_record, versions, write_chunk
 from precompute.stage_textspan import write_texts
 
 ARCHITECTURES = {512: "ViT-B-16", 768: "ViT-L-14", 1024: "ViT-H-14"}  # width D -> a model of that output width
@@ -99,7 +99,7 @@ def write_synthetic_run(
                              thumbs)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_write_chunk, out, chunks, c, layer_ids, payload)
+            pending = writer.submit(write_chunk, out, chunks, c, layer_ids, ChunkResult(*payload))
             if progress and (c + 1) % 20 == 0:
                 print(f"  synthetic run: {e:,} / {images:,} images", flush=True)
         if pending is not None:
@@ -170,7 +170,7 @@ def _thumbnails(rng) -> list[bytes]:
 
 
 def _chunk(rng, start: int, end: int, mean, basis, scales, layers: int, heads: int, classes: int, thumbs):
-    """One chunk's payload for ``_write_chunk``: (rows, embeddings [b, D], heads [b, l, h, D], skipped)."""
+    """One chunk's payload for ``write_chunk`` (a ``ChunkResult``): (rows, embeddings [b, D], heads [b, l, h, D], skipped)."""
     b, (n_heads, span, d) = end - start, basis.shape
     z = rng.standard_normal((b, n_heads, span), dtype=np.float32) * scales  # [b, H, span]
     vectors = np.einsum("bkr,krd->bkd", z, basis) + mean  # [b, H, D]

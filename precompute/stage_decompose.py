@@ -9,6 +9,7 @@ chunks are redone (precompute/repair.py).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -126,7 +128,14 @@ def _check_existing(run_dir: Path, model: dict, layers: list[int]) -> dict | Non
     return manifest
 
 
-def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSummary:
+# The engine of the stage: computes and writes every unfinished chunk of the plan, returns the images it decomposed.
+# Planning, the chunks' layout and the merge are the stage's own and the same for every engine: the local one
+# (``compute_chunks``) and the Ray one (precompute/engine_ray.py) both call ``decompose_chunk`` and ``write_chunk``.
+ComputeChunks = Callable[[LoadedModel, list[int], dict, store.ChunkStore, Path, DecomposeOptions], int]
+
+
+def run_decompose(loaded: LoadedModel, opts: DecomposeOptions, compute: ComputeChunks | None = None
+                  ) -> DecomposeSummary:
     run_dir = Path(opts.out)
     layers = list(parse_layers(opts.layers, loaded.info.layers))
     model = model_record(loaded)
@@ -175,7 +184,7 @@ def run_decompose(loaded: LoadedModel, opts: DecomposeOptions) -> DecomposeSumma
     store.write_manifest(run_dir, manifest)
 
     t0 = time.perf_counter()
-    computed = _compute_chunks(loaded, layers, plan, chunks, run_dir, opts)
+    computed = (compute or compute_chunks)(loaded, layers, plan, chunks, run_dir, opts)
     seconds = time.perf_counter() - t0
     count, skipped, files = _consolidate(run_dir, chunks, len(plan["paths"]), plan["chunk_size"])
 
@@ -205,20 +214,30 @@ def default_workers(device: torch.device) -> int:
     return available_cores() if device.type != "cpu" else 1
 
 
-def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Path, opts: DecomposeOptions) -> int:
-    paths, labels = plan["paths"], plan["labels"]
-    bounds = store.chunk_bounds(len(paths), plan["chunk_size"])
+def pending_chunks(plan: dict, chunks: store.ChunkStore) -> tuple[list[tuple[int, int]], list[int]]:
+    """The plan's chunk bounds and the chunks without ``DONE``, whose leftovers are deleted now (resume)."""
+    bounds = store.chunk_bounds(len(plan["paths"]), plan["chunk_size"])
     todo = [c for c in range(len(bounds)) if not chunks.is_done(c)]
-    done_images = sum(bounds[c][1] - bounds[c][0] for c in range(len(bounds)) if c not in todo)
-    if not todo:
-        return 0
     for c in todo:
         chunks.reset(c)
-    batches = [
-        list(range(s, min(s + opts.batch_size, bounds[c][1])))
-        for c in todo
-        for s in range(bounds[c][0], bounds[c][1], opts.batch_size)
-    ]  # never straddle a chunk boundary
+    return bounds, todo
+
+
+def chunk_batches(bounds: tuple[int, int], batch_size: int) -> list[list[int]]:
+    """The plan positions of each batch of one chunk: a batch never straddles a chunk boundary."""
+    lo, hi = bounds
+    return [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
+
+
+def compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Path, opts: DecomposeOptions) -> int:
+    """The local engine: one DataLoader over every unfinished chunk, decoded in worker processes, decomposed
+    here, each chunk written by a writer thread while the next one is decomposed."""
+    paths, labels = plan["paths"], plan["labels"]
+    bounds, todo = pending_chunks(plan, chunks)
+    done_images = sum(hi - lo for c, (lo, hi) in enumerate(bounds) if c not in todo)
+    if not todo:
+        return 0
+    batches = [b for c in todo for b in chunk_batches(bounds[c], opts.batch_size)]
     device = next(loaded.model.parameters()).device
     workers = default_workers(device) if opts.workers is None else opts.workers
     pixels = split_preprocess(loaded.preprocess)
@@ -231,26 +250,25 @@ def _compute_chunks(loaded, layers, plan, chunks: store.ChunkStore, run_dir: Pat
     decomposer = Decomposer(loaded.model, layers)
     bar = tqdm(total=len(paths), initial=done_images, unit="img", desc="decompose", disable=not opts.progress,
                dynamic_ncols=True)
+    chunk_size = plan["chunk_size"]
+    skipped = 0
+
+    def shown(batch: Batch) -> None:
+        nonlocal skipped
+        skipped += sum(it.error is not None for it in batch.items)
+        bar.update(len(batch.items))
+        bar.set_postfix(skipped=skipped, refresh=False)
+
     writer = ThreadPoolExecutor(max_workers=1)
     pending: Future | None = None
     computed = 0
-    acc = _ChunkAccumulator()
-    chunk_of = {c: bounds[c] for c in todo}
-    current = todo[0]
     try:
-        for batch in loader:
-            batch: Batch
-            items = batch.items
-            acc.add(batch, paths, labels, decomposer, pixels, device)
-            computed += len(items)
-            bar.update(len(items))
-            bar.set_postfix(skipped=acc.total_skipped, refresh=False)
-            if items[-1].index + 1 == chunk_of[current][1]:
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_chunk, run_dir, chunks, current, layers, acc.take())
-                nxt = todo.index(current) + 1
-                current = todo[nxt] if nxt < len(todo) else current
+        for chunk, group in itertools.groupby(loader, key=lambda b: b.items[0].index // chunk_size):
+            result = decompose_chunk(group, paths, labels, decomposer, pixels, device, on_batch=shown)
+            computed += result.planned
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write_chunk, run_dir, chunks, chunk, layers, result)
         if pending is not None:
             pending.result()
     finally:
@@ -263,6 +281,33 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+@dataclass
+class ChunkResult:
+    """One chunk decomposed, in host memory: what ``write_chunk`` writes (and a Ray actor hands it)."""
+
+    rows: dict[str, list]  # images.parquet's columns for the chunk's decoded images
+    embeddings: np.ndarray | None  # [n, D] float32; None when every image of the chunk was skipped
+    heads: np.ndarray | None  # [n, l, h, D] float32
+    skipped: list[dict]  # {path, reason} of each image that could not be decoded
+
+    @property
+    def planned(self) -> int:
+        """Images of the plan this chunk covers, decoded or skipped."""
+        return len(self.rows["image_id"]) + len(self.skipped)
+
+
+def decompose_chunk(batches: Iterable[Batch], paths: list[str], labels: list, decomposer: Decomposer,
+                    pixels: PixelPipeline, device: torch.device,
+                    on_batch: Callable[[Batch], None] | None = None) -> ChunkResult:
+    """Decompose the decoded batches of one chunk; files that could not be decoded are listed, not raised."""
+    acc = _ChunkAccumulator()
+    for batch in batches:
+        acc.add(batch, paths, labels, decomposer, pixels, device)
+        if on_batch is not None:
+            on_batch(batch)
+    return acc.take()
+
+
 class _ChunkAccumulator:
     """Collects one chunk's rows in memory until it is written.
 
@@ -272,7 +317,6 @@ class _ChunkAccumulator:
     """
 
     def __init__(self):
-        self.total_skipped = 0
         self.device = torch.device("cpu")
         self._reset()
 
@@ -288,7 +332,6 @@ class _ChunkAccumulator:
         for it in items:
             if it.error is not None:
                 self.skipped.append({"path": paths[it.index], "reason": it.error})
-                self.total_skipped += 1
         if not good:
             return
         self.device = device
@@ -304,10 +347,10 @@ class _ChunkAccumulator:
             self.rows["height"].append(it.height)
             self.rows["thumbnail"].append(it.thumbnail)
 
-    def take(self) -> tuple[dict, np.ndarray | None, np.ndarray | None, list[dict]]:
+    def take(self) -> ChunkResult:
         _synchronize(self.device)  # the non-blocking device-to-host copies of this chunk have landed
-        out = (self.rows, torch.cat(self.embeddings).numpy() if self.embeddings else None,
-               torch.cat(self.heads).numpy() if self.heads else None, self.skipped)
+        out = ChunkResult(self.rows, torch.cat(self.embeddings).numpy() if self.embeddings else None,
+                          torch.cat(self.heads).numpy() if self.heads else None, self.skipped)
         self._reset()
         return out
 
@@ -319,8 +362,9 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: list[int], payload) -> None:
-    rows, embeddings, heads, skipped = payload
+def write_chunk(run_dir: Path, chunks: store.ChunkStore, chunk: int, layers: list[int], result: ChunkResult) -> None:
+    """Write one chunk in the run's layout: its head parts, its work files, ``files.json``, then ``DONE`` last."""
+    rows, embeddings, heads, skipped = result.rows, result.embeddings, result.heads, result.skipped
     ids = pa.array(rows["image_id"], pa.int64())
     files = {}
     if heads is not None:
