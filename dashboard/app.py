@@ -45,8 +45,9 @@ else:
     st.sidebar.caption(f"{len(catalog.runs)} run{'s' if len(catalog.runs) != 1 else ''} in `{data_dir}`")
     page = st.navigation({
         "Explore": [
-            st.Page(PAGES / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings",
-                    default=True),
+            # the root URL opens Rankings at /rankings: a default page has no path of its own
+            st.Page(PAGES / "home.py", title="Home", url_path="home", default=True, visibility="hidden"),
+            st.Page(PAGES / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
             st.Page(PAGES / "head.py", title="Head explorer", icon=":material/grid_view:", url_path="head"),
             st.Page(PAGES / "search.py", title="Search heads", icon=":material/search:", url_path="search"),
             st.Page(PAGES / "head_grid.py", title="All heads' maps", icon=":material/apps:", url_path="head-grid"),

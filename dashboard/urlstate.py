@@ -9,8 +9,10 @@ A widget's value comes, in order of precedence, from
    follows you from the head explorer to an analysis);
 4. the widget's default.
 
-After the widget is drawn its value is written back to the URL. Invalid URL values
-(an unknown run, a layer the run does not have) are ignored, not errors.
+After the widget is drawn its value is written back to the URL. An invalid URL value (a
+layer the run does not have, head 99, k=abc) is not an error: the page says which value of the
+link it could not show and what it shows instead (``_say_refused``), once per link; an unknown
+run stops the page with its own message (``widgets.refuse_run_link``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import streamlit as st
 
 _APPLIED = "_url_applied"  # param -> the raw URL value this session last applied or wrote
 _STICKY = "_url_sticky"  # param -> the last value any page showed
+_REFUSED = "_url_refused"  # param -> a raw URL value just found invalid, until the page says so
 
 
 def _memory(name: str) -> dict:
@@ -43,10 +46,24 @@ def seed(key: str, param: str, parse: Callable[[str], Any] = str,
         if value is not None and valid(value):
             st.session_state[key] = value
             return
+        _memory(_REFUSED)[param] = raw
     if key in st.session_state and not valid(st.session_state[key]):
         del st.session_state[key]  # e.g. a layer of the previously chosen run
     if key not in st.session_state and param in sticky and valid(sticky[param]):
         st.session_state[key] = sticky[param]
+
+
+def _say_refused(param: str, label: str, shown: Any, choices: str) -> None:
+    """A warning, once per link, that the URL's value of ``param`` could not be shown and what is shown instead."""
+    raw = _memory(_REFUSED).pop(param, None)
+    if raw is not None:
+        st.warning(f"The link asks for {label.lower()} **{raw}**, which is not available here ({choices}); "
+                   f"showing {label.lower()} **{shown}** instead.", icon=":material/link_off:")
+
+
+def _choices(options: Sequence, to_text: Callable[[Any], str] = str) -> str:
+    texts = [to_text(o) for o in options]
+    return "choices: " + (", ".join(texts) if len(texts) <= 12 else f"{', '.join(texts[:5])}, ... {texts[-1]}")
 
 
 def is_new(param: str, raw: str) -> bool:
@@ -74,6 +91,8 @@ def selectbox(label: str, options: Sequence, key: str, param: str, parse: Callab
     """``st.selectbox`` whose value lives in the URL as ``param``."""
     seed(key, param, parse, valid=lambda v: v in options)
     value = container.selectbox(label, options, key=key, **kwargs)
+    _say_refused(param, label, kwargs["format_func"](value) if "format_func" in kwargs else to_text(value),
+                 _choices(options, kwargs.get("format_func", to_text)))
     publish(param, value, to_text)
     return value
 
@@ -92,6 +111,7 @@ def number(label: str, key: str, param: str, lo: int, hi: int, default: int, con
     if key not in st.session_state:
         st.session_state[key] = min(max(default, lo), hi)
     value = container.slider(label, lo, hi, key=key, **kwargs) if hi > lo else lo
+    _say_refused(param, label, value, f"{lo} to {hi}")
     publish(param, value)
     return int(value)
 
@@ -112,5 +132,6 @@ def multiselect(label: str, options: Sequence[int], key: str, param: str, defaul
     if key not in st.session_state:
         st.session_state[key] = [v for v in default if v in options]
     value = container.multiselect(label, options, key=key, **kwargs)
+    _say_refused(param, label, ints_text(value) or "none", _choices(options))
     publish(param, value or None, ints_text)
     return list(value)

@@ -46,3 +46,25 @@ def test_neighbour_tables_show_the_probe_sets_ground_truth(truth_app):
     expected = {100 + i: ["red", "blue", "green"][i % 3] for i in range(12)}
     assert all(expected[int(i)] == c for i, c in zip(frame["image_id"], frame["color"]))
     assert all(link.startswith("image?") for link in frame["image"])
+
+
+def test_a_link_to_a_head_the_run_lacks_says_what_was_not_found_and_what_is_shown(truth_app):
+    at = truth_app("head", run="synth", layer=1, head=99)
+    no_exceptions(at)
+    warnings = [str(w.value) for w in at.warning]
+    assert any("layer **1**" in w and "choices: 2, 3" in w for w in warnings), warnings
+    assert any("head **99**" in w and "showing head" in w for w in warnings), warnings
+    at.run()  # the next rerun of the same link says nothing more: the user has been told
+    assert not [w for w in at.warning if "The link asks" in str(w.value)]
+
+
+def test_a_link_to_a_missing_run_names_it_and_the_runs_there_are(truth_app):
+    at = truth_app(None, run="nope", layer=1, head=99)  # the first page a pasted link opens
+    no_exceptions(at)
+    assert "run **nope**" in all_text(at) and "synth" in all_text(at)
+
+
+def test_a_bad_k_in_a_link_is_reported(truth_app):
+    at = truth_app("image_nn", run="synth", layer=3, head=1, img=104, k="abc")
+    no_exceptions(at)
+    assert any("k (results) **abc**" in str(w.value) for w in at.warning), [w.value for w in at.warning]

@@ -36,7 +36,7 @@ PAGE_S = 120
 
 # (screenshot name, url path, query params, text the page must show)
 PAGES = [
-    ("rankings", "", {"run": "tiny"}, "Heads by property"),  # the default page lives at /
+    ("rankings", "rankings", {"run": "tiny"}, "Heads by property"),
     ("head", "head", {"run": "tiny", "layer": "2", "head": "1"}, "TEXTSPAN texts"),
     ("head-decompose-only", "head", {"run": "tiny-decomp", "layer": "1", "head": "0"}, "clip-interpret textspan"),
     ("search", "search", {"run": "tiny", "q": "photo"}, "Closest in meaning"),
@@ -138,6 +138,7 @@ def render(browser, url: str, name: str, expected: str) -> None:
         if errors.count():
             pytest.fail(f"{name}: exception on the page:\n{errors.first.inner_text()}")
         body = page.locator('[data-testid="stMain"]').inner_text()
+        assert "Page not found" not in page.locator("body").inner_text(), f"{name}: {url} is not a page"
         # The main area scrolls inside its own container, so a full-page shot stops at the viewport: grow it.
         height = page.evaluate('document.querySelector(\'[data-testid="stMain"]\').scrollHeight')
         page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 8000)})
@@ -163,6 +164,19 @@ def test_clicking_a_head_in_the_rankings_grid_opens_it(browser, servers):
         page.wait_for_selector(DONE, timeout=PAGE_S * 1000)
         assert "layer=" in page.url and "head=" in page.url, page.url
         assert "Head explorer" in page.locator('[data-testid="stMain"]').inner_text()
+    finally:
+        page.close()
+
+
+def test_the_root_url_opens_rankings_at_its_own_address_keeping_the_link(browser, servers):
+    full, _ = servers
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{full.url}/?run=tiny", timeout=PAGE_S * 1000)
+        page.wait_for_url("**/rankings?run=tiny", timeout=PAGE_S * 1000)
+        page.wait_for_selector(DONE, timeout=PAGE_S * 1000)
+        assert "Heads by property" in page.locator('[data-testid="stMain"]').inner_text()
+        assert "Page not found" not in page.locator("body").inner_text()
     finally:
         page.close()
 
