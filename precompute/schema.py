@@ -17,6 +17,9 @@ A run directory (one model, one probe set) holds::
     head_labels.parquet           HEAD_LABELS  (label stage)
     head_scores.parquet           HEAD_SCORES  (score stage)
     model_scores.parquet          MODEL_SCORES (score stage)
+    head_ablations.parquet        HEAD_ABLATIONS  (ablate stage, optional: `clip-interpret ablate`)
+    group_ablations.parquet       GROUP_ABLATIONS (ablate stage)
+    model_ablations.parquet       MODEL_ABLATIONS (ablate stage)
     label_overrides.csv           manual labels written from the dashboard (optional)
     _work/                        only while a stage is unfinished (store.py)
 
@@ -47,9 +50,14 @@ VECTOR_SPLIT = ["vector.list.element"]  # head vector parts
 EMBEDDING_SPLIT = ["embedding.list.element"]  # image embeddings and text embeddings
 IMAGES_ROW_GROUP = 1024  # images.parquet's row groups: a thumbnail lookup reads little
 LABEL_OVERRIDES_FILE = "label_overrides.csv"  # layer,head,property[,author,note]: a team's corrections, honoured by `label`
+HEAD_ABLATIONS_FILE = "head_ablations.parquet"
+GROUP_ABLATIONS_FILE = "group_ablations.parquet"
+MODEL_ABLATIONS_FILE = "model_ablations.parquet"
+COMPARE_DIR = "_compare"  # in a data folder, beside the runs: `clip-interpret compare` writes head_matches files here
 ATTRIBUTES_FILE = "attributes.parquet"  # in a probe folder, not a run folder: ground-truth attributes per image
 
-STAGES = ("decompose", "textspan", "label", "score")  # the order they run in; each depends on the one before
+# The order they run in; each depends on the one before. ``ablate`` is opt-in (`run --ablate`, `ablate`).
+STAGES = ("decompose", "textspan", "label", "score", "ablate")
 # What each stage writes (head parts: every file under HEAD_VECTORS_DIR); the manifest's ``files`` records
 # them and precompute/verify.py checks them.
 STAGE_FILES = {
@@ -57,6 +65,7 @@ STAGE_FILES = {
     "textspan": (TEXTS_FILE, HEAD_TEXTS_FILE, HEAD_SPANS_FILE, HEAD_SUMMARY_FILE),
     "label": (HEAD_LABELS_FILE,),
     "score": (HEAD_SCORES_FILE, MODEL_SCORES_FILE),
+    "ablate": (HEAD_ABLATIONS_FILE, GROUP_ABLATIONS_FILE, MODEL_ABLATIONS_FILE),
 }
 OPTIONAL_FILES = (HEAD_SPANS_FILE, HEAD_SUMMARY_FILE)  # absent from runs made before they were written
 
@@ -213,3 +222,86 @@ TABLES = {
     HEAD_SCORES_FILE: HEAD_SCORES,
     MODEL_SCORES_FILE: MODEL_SCORES,
 }
+
+# ------------------------------------------------------------------ the ablate stage (docs/design.md section 6.4)
+# Not in TABLES, which lists what every `run` writes: the ablate stage is opt-in. ``RUN_TABLES`` is both.
+
+# One row per (head, method, target): what mean-ablating the head alone does to zero-shot accuracy.
+HEAD_ABLATIONS = pa.schema(
+    [
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("head", pa.int32(), nullable=False),
+        pa.field("property", pa.string(), nullable=False),  # the head's label (head_labels)
+        pa.field("method", pa.string(), nullable=False),  # direct (decomposition) | forward (through the model)
+        pa.field("target", pa.string(), nullable=False),  # the attribute scored, or 'label' (class folders)
+        pa.field("images", pa.int64(), nullable=False),  # images with a value for the target
+        pa.field("accuracy_intact", pa.float32()),
+        pa.field("accuracy", pa.float32()),  # with the head replaced by its mean
+        pa.field("accuracy_drop", pa.float32()),  # accuracy_intact - accuracy
+        pa.field("cosine", pa.float32()),  # mean cos(ablated, intact embedding); the same on each target's row
+        pa.field("causal_attribute", pa.string()),  # attribute whose accuracy drops most (null: none drops > min_drop)
+        pa.field("label_agrees_causally", pa.bool_()),  # property == causal_attribute (null: mixed or no causal_attribute)
+    ]
+)
+
+# One row per (group, repeat, target): heads mean-ablated together.
+GROUP_ABLATIONS = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # property | ccs_top | ccs_bottom | random
+        pa.field("group", pa.string(), nullable=False),  # the property, or 'k=<size>'
+        pa.field("size", pa.int32(), nullable=False),  # heads in the group
+        pa.field("repeat", pa.int32(), nullable=False),  # random sets: 0..repeats-1; else 0
+        pa.field("heads", pa.string(), nullable=False),  # 'L3.H0,L3.H2'
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("images", pa.int64(), nullable=False),
+        pa.field("accuracy_intact", pa.float32()),
+        pa.field("accuracy", pa.float32()),
+        pa.field("accuracy_drop", pa.float32()),
+        pa.field("cosine", pa.float32()),
+    ]
+)
+
+# One row: the model-level results of the ablate stage (model_scores stays the score stage's).
+MODEL_ABLATIONS = pa.schema(
+    [
+        pa.field("run", pa.string(), nullable=False),
+        pa.field("n_heads", pa.int32(), nullable=False),
+        pa.field("n_labelled", pa.int32(), nullable=False),
+        pa.field("n_checked", pa.int32(), nullable=False),  # labelled heads with a causal_attribute
+        pa.field("causal_label_agreement", pa.float32()),  # share of checked heads whose label == causal_attribute
+        pa.field("targets", pa.string(), nullable=False),  # comma-separated
+        pa.field("k", pa.int32(), nullable=False),  # round(25% of the heads)
+        pa.field("ccs_top_drop", pa.float32()),  # accuracy drop, mean over targets, of the k most consistent heads
+        pa.field("ccs_bottom_drop", pa.float32()),  # ... of the k least consistent
+        pa.field("random_drop_mean", pa.float32()),  # ... of random sets of k, mean over repeats
+        pa.field("random_drop_std", pa.float32()),  # their standard deviation (ddof 1)
+        pa.field("repeats", pa.int32(), nullable=False),
+        pa.field("images", pa.int64(), nullable=False),
+    ]
+)
+
+ABLATION_TABLES = {
+    HEAD_ABLATIONS_FILE: HEAD_ABLATIONS,
+    GROUP_ABLATIONS_FILE: GROUP_ABLATIONS,
+    MODEL_ABLATIONS_FILE: MODEL_ABLATIONS,
+}
+RUN_TABLES = {**TABLES, **ABLATION_TABLES}  # every table a run folder may hold
+
+# ------------------------------------------------------------------ cross-model head matching (compare.py)
+HEAD_MATCHES_VIEW = "head_matches"
+# <data folder>/_compare/head_matches-<hash>.parquet: one file per pair of runs, every head of A x every head of B.
+HEAD_MATCHES = pa.schema(
+    [
+        pa.field("run_a", pa.string(), nullable=False),  # run names relative to the data folder
+        pa.field("run_b", pa.string(), nullable=False),
+        pa.field("layer_a", pa.int32(), nullable=False),
+        pa.field("head_a", pa.int32(), nullable=False),
+        pa.field("layer_b", pa.int32(), nullable=False),
+        pa.field("head_b", pa.int32(), nullable=False),
+        pa.field("cka", pa.float32(), nullable=False),  # linear CKA over the shared images
+        pa.field("rank_a", pa.int32(), nullable=False),  # 1 = head_b is head_a's best match in run_b
+        pa.field("rank_b", pa.int32(), nullable=False),  # 1 = head_a is head_b's best match in run_a
+        pa.field("images", pa.int64(), nullable=False),  # shared images the CKA is taken over
+    ]
+)
