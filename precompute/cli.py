@@ -212,6 +212,14 @@ def _score_options(top_k: int, flags: ScoreFlags, quiet: bool):
     return ScoreOptions(top_k, templates, flags.attributes, progress=not quiet)
 
 
+def _ablate_options(flags: ScoreFlags, quiet: bool):
+    from precompute.stage_ablate import AblateOptions
+    from precompute.stage_score import DEFAULT_TEMPLATES
+
+    return AblateOptions(templates=tuple(flags.template) if flags.template else DEFAULT_TEMPLATES,
+                         attributes=flags.attributes, progress=not quiet)
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -319,14 +327,16 @@ def _note(message: str) -> None:
 def run(model: RunModel = None, images: RunImages = None, out: RunOut = None,
         decompose_flags: DecomposeFlags = DecomposeFlags(), textspan_flags: TextspanFlags = TextspanFlags(),
         label_flags: LabelFlags = LabelFlags(), score_flags: ScoreFlags = ScoreFlags(), force: Force = False,
-        quiet: Quiet = False):
+        quiet: Quiet = False,
+        ablate: Annotated[bool, typer.Option("--ablate", help="Also run the ablate stage (defaults of `clip-interpret ablate`) after score.")] = False):
     """Decompose, TEXTSPAN, label and score in one go; stages whose output is current are skipped."""
     from precompute import pipeline
 
     request = pipeline.RunRequest(
         decompose=_decompose_request(model, images, out, decompose_flags),
         pool=textspan_flags.pool, k=textspan_flags.k, rank=textspan_flags.rank,
-        label=_label_options(label_flags), score=_score_options(label_flags.top_k, score_flags, quiet), force=force)
+        label=_label_options(label_flags), score=_score_options(label_flags.top_k, score_flags, quiet), force=force,
+        ablate=_ablate_options(score_flags, quiet) if ablate else None)
     _quiet_libraries()
     (first, _), *_ = pipeline.run(request, log=typer.echo, progress=not quiet)
     data_dir = "" if model is None else f" --data-dir {first.source.out.parent}"
@@ -366,6 +376,8 @@ def _mount_toyworld() -> None:
 
 _mount_toyworld()
 app.command("verify")(handle_errors(__import__("precompute.cli_verify", fromlist=["verify"]).verify))
+app.command("ablate")(handle_errors(__import__("precompute.cli_ablate", fromlist=["ablate"]).ablate))
+app.command("compare")(handle_errors(__import__("precompute.cli_ablate", fromlist=["compare"]).compare))
 
 
 def main() -> None:  # pragma: no cover - console entry point

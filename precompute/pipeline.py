@@ -18,6 +18,7 @@ from typing import Callable
 from precompute import paths, registry, schema, store
 from precompute.errors import InputError, RunDirError
 from precompute.pools import load_pool
+from precompute.stage_ablate import AblateOptions, run_ablate, summary_lines
 from precompute.stage_decompose import DecomposeOptions, DecomposeSummary, run_decompose
 from precompute.stage_label import LabelOptions, run_label
 from precompute.stage_score import ScoreOptions, run_score
@@ -70,6 +71,7 @@ class RunRequest:
     label: LabelOptions = LabelOptions()
     score: ScoreOptions = ScoreOptions()
     force: bool = False
+    ablate: AblateOptions | None = None  # `run --ablate`: the ablate stage after score (off by default)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class RunPlan:
     label: LabelOptions
     score: ScoreOptions
     force: bool = False
+    ablate: AblateOptions | None = None
 
 
 @dataclass
@@ -147,7 +150,7 @@ def plan(req: RunRequest, progress: bool = True) -> list[RunPlan]:
             images = ensure_default_probe(progress)
         sources = [replace(d, images=images, out=d.out or default_out(d.model, d.pretrained, d.random_init))]
     return [RunPlan(s, TextspanOptions(req.pool or default_pool(s.model), req.k, req.rank), req.label, req.score,
-                    req.force) for s in sources]
+                    req.force, req.ablate) for s in sources]
 
 
 def run(req: RunRequest, log: Callable[[str], None] = print,
@@ -222,12 +225,24 @@ def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = Tr
         ("textspan", lambda: run_textspan(loaded, out, ts, force=p.force)),
         ("label", lambda: run_label(out, p.label, force=p.force)),
         ("score", lambda: run_score(out, replace(p.score, progress=progress), loaded, force=p.force)),
+        *([("ablate", lambda: run_ablate(out, replace(p.ablate, progress=progress), loaded, force=p.force))]
+          if p.ablate is not None else []),
     ):
         t0 = time.perf_counter()
         ran = fn()
         reports.append(StageReport(stage, ran, time.perf_counter() - t0))
         log(_line(reports[-1]))
     return reports
+
+
+def ablate(run_dir: Path, opts: AblateOptions, device: str = "auto", force: bool = False) -> bool:
+    """`clip-interpret ablate` on a run, with its own model (the class prompts need its text tower)."""
+    return run_ablate(run_dir, opts, loaded_for_run(run_dir, device), force)
+
+
+def ablate_summary(run_dir: Path) -> list[str]:
+    """What the ablate stage found, in a few lines."""
+    return summary_lines(run_dir)
 
 
 def _line(r: StageReport) -> str:
