@@ -133,7 +133,19 @@ def live_model(ctx: RunContext, purpose: str) -> state.ModelBundle | None:
         st.info(f"Live analyses are off for run **{ctx.name}** ({purpose} needs the model): {why}. "
                 "Everything precomputed still works: rankings, the head explorer, search by words, and "
                 "analyses 1 and 4 on dataset images.")
+    elif toy_model(ctx):
+        st.caption(f":material/info: **{ctx.row.get('architecture')}** is a toy model: it was trained on the toy "
+                   f"world's {ctx.manifest.get('model', {}).get('image_size', 64)}-pixel synthetic scenes (shapes, "
+                   "colours, patterns, backgrounds) and knows nothing else. A real photo gives it nothing it was "
+                   "trained to read: expect its maps and neighbours to say little about such an image.")
     return bundle
+
+
+def toy_model(ctx: RunContext) -> bool:
+    """Whether the run's model is one of the toy world's (it knows only the generated scenes)."""
+    from precompute.catalogue import TOY_WORLD, model_defaults
+
+    return model_defaults(str(ctx.row.get("architecture") or "")).probe == TOY_WORLD.probe
 
 
 def require_model(ctx: RunContext, purpose: str) -> state.ModelBundle:

@@ -83,23 +83,50 @@ def colour_bar(width: int, scale: float, label: str) -> Image.Image:
     """A horizontal RdBu_r bar from -scale to +scale with the end values and 0 written under it."""
     font = _font()
     ramp = diverging(np.linspace(-scale, scale, width)[None, :].repeat(BAR_HEIGHT, 0), scale)  # [bar, W, 3]
-    out = Image.new("RGB", (width, BAR_HEIGHT + 2 * FONT_SIZE + 10), "white")
+    lines = wrap(label, width, font)
+    out = Image.new("RGB", (width, BAR_HEIGHT + FONT_SIZE + 10 + LINE * len(lines)), "white")
     out.paste(Image.fromarray(to_uint8(ramp)), (0, 0))
     draw = ImageDraw.Draw(out)
     y = BAR_HEIGHT + 2
     for text, anchor, x in ((f"{-scale:+.3g}", "la", 0), ("0", "ma", width // 2), (f"{scale:+.3g}", "ra", width - 1)):
         draw.text((x, y), text, fill="black", font=font, anchor=anchor)
-    draw.text((width // 2, y + FONT_SIZE + 3), label, fill="black", font=font, anchor="ma")
+    for i, line in enumerate(lines):
+        draw.text((width // 2, y + FONT_SIZE + 3 + i * LINE), line, fill="black", font=font, anchor="ma")
     return out
 
 
+def wrap(text: str, width: int, font: ImageFont.ImageFont | None = None) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a single longer word is cut)."""
+    font = font or _font()
+    lines: list[str] = []
+    for word in text.split():
+        line = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(line) <= width:
+            lines[-1] = line
+            continue
+        while font.getlength(word) > width and len(word) > 1:  # a word wider than the panel: cut it
+            cut = max(1, next(i for i in range(len(word), 0, -1) if font.getlength(word[:i]) <= width))
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
+
+
+LINE = FONT_SIZE + 4  # px per line of a wrapped title
+
+
 def panel(view: Image.Image, grid_map: np.ndarray, scale: float, title: str) -> Image.Image:
-    """[image | overlay] side by side with a title line: one analysis result."""
+    """[image | overlay] side by side under a title wrapped to their width: one analysis result."""
     shown = overlay(view, grid_map, scale)
     plain = view.convert("RGB").resize(shown.size, Image.Resampling.BICUBIC)
-    gap, top = 8, FONT_SIZE + 8
-    out = Image.new("RGB", (2 * shown.width + gap, shown.height + top), "white")
-    ImageDraw.Draw(out).text((0, 2), title, fill="black", font=_font())
+    gap = 8
+    width = 2 * shown.width + gap
+    lines = wrap(title, width)
+    top = LINE * len(lines) + 4
+    out = Image.new("RGB", (width, shown.height + top), "white")
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((0, 2 + i * LINE), line, fill="black", font=_font())
     out.paste(plain, (0, top))
     out.paste(shown, (shown.width + gap, top))
     return out

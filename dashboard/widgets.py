@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -230,15 +231,15 @@ def k_slider(prefix: str, default: int = 8, hi: int = 64) -> int:
     return urlstate.number("k (results)", key=f"{prefix}.k", param="k", lo=1, hi=hi, default=default)
 
 
-def cosine_choice(prefix: str) -> bool:
-    """Dot product (the paper's score: how much the head writes along the query) or cosine."""
-    options = {"dot": "dot product", "cosine": "cosine"}
-    urlstate.seed(f"{prefix}.sim", "sim", valid=lambda v: v in options)
-    value = st.radio("Similarity", list(options), key=f"{prefix}.sim", format_func=options.get, horizontal=True,
-                     help="Dot product ranks by how strongly the head writes along the query; cosine ignores "
-                          "how strongly, only the direction.")
-    urlstate.publish("sim", None if value == "dot" else value)
-    return value == "cosine"
+def similarity_choice(prefix: str) -> str:
+    """The neighbour similarity (``analysis.SIMILARITIES``: centred, the default; cosine; dot), permalink ``sim``."""
+    from precompute.analysis import DEFAULT_SIMILARITY, SIMILARITIES
+
+    urlstate.seed(f"{prefix}.sim", "sim", valid=lambda v: v in SIMILARITIES)
+    value = st.radio("Similarity", list(SIMILARITIES), key=f"{prefix}.sim", horizontal=True,  # the first: centred
+                     help="\n".join(f"- **{k}**: {v}" for k, v in SIMILARITIES.items()))
+    urlstate.publish("sim", None if value == DEFAULT_SIMILARITY else value)
+    return value
 
 
 def thumbnail_grid(ctx: RunContext, image_ids, captions, per_row: int = 8, width: int = 110) -> None:
@@ -254,6 +255,16 @@ def thumbnail_grid(ctx: RunContext, image_ids, captions, per_row: int = 8, width
     for start in range(0, len(shown), per_row):
         chunk = shown[start:start + per_row]
         st.image([t for t, _ in chunk], caption=[c for _, c in chunk], width=width)
+
+
+def file_stem(*parts: object) -> str:
+    """A download's file name (no extension) that says what it holds: the analysis, run, image, text, heads.
+
+    ``file_stem("topic-map", "toy-l", "image 42", "a red shape", "L7.H0")`` ->
+    ``topic-map_toy-l_image-42_a-red-shape_L7.H0``; characters a file system or a shell dislikes become '-'.
+    """
+    cleaned = [re.sub(r"[^A-Za-z0-9.+=]+", "-", str(p)).strip("-.") for p in parts if p not in (None, "")]
+    return "_".join(c for c in cleaned if c)[:150] or "download"
 
 
 def download_csv(frame, label: str, file_name: str, key: str) -> None:

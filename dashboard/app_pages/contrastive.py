@@ -9,12 +9,12 @@ ctx = widgets.run_page("3 · Contrastive map", needs="decompose")
 bundle = imagesource.require_model(ctx, "a spatial map")
 
 left, right = st.columns(2, gap="large")
-with left:
-    q = imagesource.image_picker(ctx, "con")
-with right:
+with right:  # the controls first: a page stopped for want of an upload must not drop them (and their state)
     t1 = urlstate.text_input("Text 1 (red)", key="con.t1", param="t1", placeholder="e.g. a dog")
     t2 = urlstate.text_input("Text 2 (blue)", key="con.t2", param="t2", placeholder="e.g. grass")
     heads, described = widgets.head_set_picker(ctx, "con", default_mode="layers")
+with left:
+    q = imagesource.image_picker(ctx, "con")
 if not (t1 and t2):
     st.info("Type two texts to contrast.")
     st.stop()
@@ -29,7 +29,7 @@ st.image(png)
 st.caption(f"Both maps use the same {len(heads)} head{'s' if len(heads) != 1 else ''} ({described}); the difference "
            f"is shown on one colour scale symmetric around 0 (±{scale:.3g}): red where the heads write more toward "
            f"“{t1}”, blue where more toward “{t2}”.")
-stem = f"contrastive-map_{ctx.name.replace('/', '_')}"
+stem = widgets.file_stem("contrastive-map", ctx.name, q.name, f"{t1} vs {t2}", described)
 st.download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key="con.png", on_click="ignore")
 widgets.download_csv(analysis.map_frame(diff), "Download map values (CSV)", f"{stem}.csv", key="con.csv")
 with st.expander("The two maps, on their own shared scale"):

@@ -68,3 +68,43 @@ def test_a_bad_k_in_a_link_is_reported(truth_app):
     at = truth_app("image_nn", run="synth", layer=3, head=1, img=104, k="abc")
     no_exceptions(at)
     assert any("k (results) **abc**" in str(w.value) for w in at.warning), [w.value for w in at.warning]
+
+
+# --------------------------------------------------------------------------- live pages
+
+
+def test_topic_map_controls_keep_their_state_through_an_upload(app, runs_dir):
+    """Type a text, choose all heads of layers on a dataset image, switch to Upload: the controls stay as they were
+    while no file has arrived, and the map after the upload is of what they show (it used to drop them)."""
+    from tests.app.conftest import widget
+
+    at = app("topic_map", run="tiny", img=1)
+    widget(at, "text_input", "topic.t").input("green").run()
+    widget(at, "radio", "topic.mode").set_value("layers").run()
+    widget(at, "radio", "topic.src").set_value("upload").run()
+    no_exceptions(at)
+    assert widget(at, "text_input", "topic.t").value == "green"
+    assert widget(at, "radio", "topic.mode").value == "layers"
+    layers = widget(at, "multiselect", "topic.layers").value
+    assert layers
+    image = next((runs_dir.parent / "images").rglob("*.png"))
+    at.file_uploader[0].set_value((image.name, image.read_bytes(), "image/png")).run()
+    no_exceptions(at)
+    assert widget(at, "text_input", "topic.t").value == "green"
+    assert widget(at, "radio", "topic.mode").value == "layers"
+    assert widget(at, "multiselect", "topic.layers").value == layers
+    assert "summed over all" in all_text(at), all_text(at)
+    widget(at, "text_input", "topic.t").input("blue").run()  # the next edit keeps the heads it showed
+    assert widget(at, "radio", "topic.mode").value == "layers"
+
+
+def test_live_pages_say_when_the_model_is_a_toy_model(tmp_path, monkeypatch):
+    from tests.conftest import make_image_folder
+    from tests.fixtures.dashboard_runs import _invoke
+
+    images = make_image_folder(tmp_path / "images", per_class=2)
+    _invoke("run", "--model", "toy-s", "--images", images, "--out", tmp_path / "runs" / "toy", "--k", 4, "--quiet")
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "runs"))
+    at = open_page("topic_map", run="toy", img=0)
+    no_exceptions(at)
+    assert "is a toy model" in all_text(at)
