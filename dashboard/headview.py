@@ -173,8 +173,10 @@ def links_section(ctx: RunContext, label: dict | None, layer: int, head: int) ->
     if label is not None and label["property"] != MIXED:
         links.insert(0, ("property_nn.py", f"1 · Property neighbours ({label['property']})",
                          {"run": ctx.name, "prop": label["property"]}))
-    for col, (page, title, params) in zip(st.columns(len(links)), links):
-        col.page_link(PAGES / page, label=title, query_params=params)
+    per_row = 3  # labels stay whole in the main column's width
+    for start in range(0, len(links), per_row):
+        for col, (page, title, params) in zip(st.columns(per_row), links[start:start + per_row]):
+            col.page_link(PAGES / page, label=title, query_params=params, icon=":material/open_in_new:")
 
 
 # --------------------------------------------------------------------------- texts and scores
@@ -318,8 +320,11 @@ def _head_map(ctx: RunContext, bundle: state.ModelBundle, q: imagesource.QueryIm
 def maps_section(ctx: RunContext, d: Direction, layer: int, head: int, top_ids: list[int]) -> None:
     """On demand: where in each of the page's first top images the head writes along the direction."""
     st.markdown("#### Patch maps of the top images")
-    if not st.toggle(f"Show this head's patch maps on the first {min(MAPS, len(top_ids))} top images",
-                     key="head.maps", help="A forward pass per image through the run's model."):
+    urlstate.seed("head.maps", "maps", parse=lambda v: v == "1")
+    shown = st.toggle(f"Show this head's patch maps on the first {min(MAPS, len(top_ids))} top images",
+                      key="head.maps", help="A forward pass per image through the run's model.")
+    urlstate.publish("maps", "1" if shown else None)
+    if not shown:
         return
     bundle = imagesource.live_model(ctx, "a patch map")
     if bundle is None:

@@ -24,7 +24,10 @@ from tests.e2e import test_browser as tb  # noqa: E402
 # (file name, url path, query params, text the page must show); toy-l, image 0 is a circle on the probe set.
 PAGES = [
     ("rankings", "", {"run": "toy-l"}, "Heads by property"),
-    ("head", "head", {"run": "toy-l", "layer": "6", "head": "1"}, "TEXTSPAN texts"),
+    ("head", "head", {"run": "toy-l", "layer": "6", "head": "1", "t": "a checkered pattern", "maps": "1"},
+     "Test the head"),
+    ("head-grid", "head-grid", {"run": "toy-l", "img": "0", "t": "a checkered pattern"}, "Most active along"),
+    ("image", "image", {"run": "toy-l", "img": "0", "maps": "1"}, "Its strongest heads"),
     ("search", "search", {"run": "toy-l", "q": "stripes"}, "Closest in meaning"),
     ("property-neighbours", "property-neighbours", {"run": "toy-l", "img": "0", "k": "8"}, "nearest images by"),
     ("topic-map", "topic-map", {"run": "toy-l", "img": "0", "t": "a grid pattern", "heads": "layers",

@@ -1,11 +1,13 @@
 """Image: one image (a dataset image or an upload), its ground-truth attributes, the heads that respond to it most
 strongly, and those heads' patch maps."""
 
+from urllib.parse import urlencode
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, imagesource, overlay, state, widgets
+from dashboard import data, imagesource, overlay, state, urlstate, widgets
 from precompute import analysis
 from precompute.labels import head_name
 from precompute.stage_score import ScoreOptions, attributes_path, load_attributes
@@ -18,13 +20,13 @@ if q.is_dataset:
     meta = state.image_table(ctx.cat, ctx.name)
     row = meta[meta["image_id"] == q.image_id].iloc[0]
     facts = {"image id": str(q.image_id), "path": row["path"], "folder label": row["label"] or "–",
-             "size": f"{row['width']}x{row['height']}"}
+             "file size (px)": f"{row['width']}x{row['height']}"}
     attrs_file = attributes_path(ctx.manifest, ScoreOptions())
     attrs = {k: v[0] for k, v in load_attributes(attrs_file, [row["path"]]).items()} if attrs_file else {}
     st.markdown("#### Attributes")
     st.dataframe(pd.DataFrame({"attribute": list(facts) + list(attrs),
                                "value": list(facts.values()) + [str(v) for v in attrs.values()]}),
-                 hide_index=True, width="content")
+                 hide_index=True, width=560, height=36 * (len(facts) + len(attrs) + 1) + 4)
     st.caption(f"Ground truth from `{attrs_file}`." if attrs else
                "The probe set has no attributes.parquet: only the folder label is known.")
 
@@ -47,7 +49,8 @@ with st.spinner("Reading every head's vectors ..."):
         rows.append({"head": head_name(layer, head), "label": label_of.get((layer, head), ""),
                      "strength": float(np.linalg.norm(r - m.mean)) / spread,
                      "principal": mine / max(float(proj.std()), 1e-12),
-                     "percentile": float(np.mean(proj <= mine)) * 100, "layer": layer, "h": head})
+                     "percentile": float(np.mean(proj <= mine)) * 100, "layer": layer, "h": head,
+                     "open": f"head?{urlencode({'run': ctx.name, 'layer': layer, 'head': head})}"})
 table = pd.DataFrame(rows).sort_values("strength", ascending=False)
 st.markdown("#### Its strongest heads")
 st.caption("strength: the distance of this image's r[l,h] from the head's mean, in units of the head's spread "
@@ -55,10 +58,14 @@ st.caption("strength: the distance of this image's r[l,h] from the head's mean, 
            "the head's first principal direction, in standard deviations, and that projection's percentile.")
 st.dataframe(table.drop(columns=["layer", "h"]), hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("strength", "principal")}
-             | {"percentile": st.column_config.NumberColumn(format="%.0f")})
+             | {"percentile": st.column_config.NumberColumn(format="%.0f"),
+                "open": st.column_config.LinkColumn("head page", display_text="open")})
 
 st.markdown("#### Their maps")
-if not q.is_dataset or st.toggle(f"Show the maps of its {SHOWN} strongest heads", key="image.maps"):
+urlstate.seed("image.maps", "maps", parse=lambda v: v == "1")
+show = not q.is_dataset or st.toggle(f"Show the maps of its {SHOWN} strongest heads", key="image.maps")
+urlstate.publish("maps", "1" if show and q.is_dataset else None)
+if show:
     bundle = bundle or imagesource.require_model(ctx, "the maps")
     li = li or imagesource.live_image(ctx, bundle, q)
     shown, grids = table.head(SHOWN), []
