@@ -339,18 +339,6 @@ def model_scores(con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 ALL_HEAD_TEXTS_SQL = ("SELECT layer, head, rank, text_id, text, property, variance_explained "
                       "FROM read_parquet(?, hive_partitioning = false) ORDER BY layer, head, rank")
-# ILIKE with an explicit escape character: the user's text is a parameter, its % and _ escaped by ``like_pattern``.
-SEARCH_HEAD_TEXTS_SQL = ("SELECT layer, head, rank, text, property, variance_explained "
-                         "FROM read_parquet(?, hive_partitioning = false) WHERE text ILIKE ? ESCAPE '\\' "
-                         "ORDER BY layer, head, rank")
-
-
-def like_pattern(text: str) -> str:
-    """'%text%' for ILIKE, with the user's own %, _ and \\ matched literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def all_head_texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
     """Every head's TEXTSPAN picks (no embeddings), by layer, head and rank."""
     return _run_table(con, run, "head_texts", ALL_HEAD_TEXTS_SQL,
@@ -358,9 +346,12 @@ def all_head_texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
 
 
 def search_head_texts(con: duckdb.DuckDBPyConnection, run: str, text: str) -> pa.Table:
-    """TEXTSPAN picks whose text contains ``text`` (case-insensitive, literal), by layer, head and rank."""
-    return _run_table(con, run, "head_texts", SEARCH_HEAD_TEXTS_SQL, [like_pattern(text)],
-                      columns=["layer", "head", "rank", "text", "property", "variance_explained"])
+    """TEXTSPAN picks whose text contains every word of ``text``, as stems (``headsearch.match_words``: "stripes"
+    finds "striped", "red" never matches "checkered"), by layer, head and rank."""
+    from precompute.headsearch import match_words
+
+    picks = all_head_texts(con, run)
+    return picks.filter(pa.array(match_words(picks.column("text").to_pylist(), text)))
 
 
 HEAD_OVERVIEW_SQL = """

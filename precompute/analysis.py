@@ -6,6 +6,7 @@ terms, or a run's head vectors, and return maps, scores, rankings and frames for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -86,16 +87,111 @@ def matvec(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def similarities(query: np.ndarray, vectors: np.ndarray, norms: np.ndarray | None = None,
                  cosine: bool = False) -> np.ndarray:
-    """Dot products of every row of ``vectors`` [n, d] with ``query`` [d], or cosines (``norms``: row norms)."""
-    query = np.asarray(query, dtype=np.float32).reshape(-1)  # [d]
+    """Dot products of every row of ``vectors`` [n, d] with ``query`` [d], or cosines: ``neighbour_scores``."""
+    return neighbour_scores(query, vectors, "cosine" if cosine else "dot", norms=norms)
+
+
+# The three similarities of the neighbour analyses (1, 4, 5): one home for their names and one-line meanings.
+SIMILARITIES: dict[str, str] = {
+    "centred": "cosine after subtracting the head's mean over the probe set: what this image's vector has that the "
+               "head's usual output does not (the default)",
+    "cosine": "cosine of the vectors as stored: direction only, the head's constant part included",
+    "dot": "the paper's raw dot product: direction and strength, so the images the head writes most on (its "
+           "hubs) come first for almost any query",
+}
+DEFAULT_SIMILARITY = "centred"
+
+
+def check_similarity(name: str) -> str:
+    """``name`` when it is one of SIMILARITIES, else InputError naming the choices."""
+    if name not in SIMILARITIES:
+        raise InputError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
+    return name
+
+
+def products(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """vectors [n, d] @ queries.T for queries [c, d], float32 [n, c], accumulated in float32.
+
+    float16 rows are widened _PRODUCT_BLOCK at a time (never all at once): unlike ``matvec``'s half kernel,
+    whose result is rounded to float16, this keeps the cancellation in |v - mu| harmless.
+    """
+    queries = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)).T  # [d, c]
+    tv = torch.from_dlpack(np.ascontiguousarray(vectors))  # no copy
+    if tv.dtype == torch.float32:
+        return (tv @ queries).numpy()  # [n, c]
+    blocks = [tv[i:i + _PRODUCT_BLOCK].float() @ queries for i in range(0, len(tv), _PRODUCT_BLOCK)]
+    return (torch.cat(blocks) if blocks else torch.zeros(0, queries.shape[1])).numpy()  # [n, c]
+
+
+_PRODUCT_BLOCK = 4096  # rows widened to float32 at a time: [4096, d] float32 is 8 MB at d = 512
+
+
+def neighbour_scores(query: np.ndarray, vectors: np.ndarray, similarity: str = DEFAULT_SIMILARITY, *,
+                     norms: np.ndarray | None = None, mean: np.ndarray | None = None,
+                     text: bool = False) -> np.ndarray:
+    """Scores [n] of every row v of ``vectors`` [n, D] against ``query`` q [D] (docs/design.md section 5.2).
+
+    - ``dot``: v . q (the paper's score);
+    - ``cosine``: v . q / (|v| |q|);
+    - ``centred``, image query: cos(v - mu, q - mu), mu = ``mean`` [D], the rows' mean over the probe set;
+      text query (``text``): cos(v - mu, q): the images are centred, the text is not (a text embedding is
+      a direction, not a draw from the head's outputs: subtracting the head's mean from it would not remove
+      a constant part it never had).
+
+    ``norms`` [n] are |v| (``row_norms``); the centred norms follow from |v - mu|^2 = |v|^2 - 2 v.mu + |mu|^2
+    with v.mu from the same pass as v.q (``products``), so no [n, D] float32 temporary is made. The float32
+    norms' rounding makes that difference exact to about 1e-7 (|v| / |v - mu|)^2 relative: 1e-5 at a constant
+    part ten times the deviations (the toy runs' deviations are 0.4 to 1 times |v|).
+    """
+    check_similarity(similarity)
+    query = np.asarray(query, dtype=np.float32).reshape(-1)  # [D]
     if vectors.ndim != 2 or query.shape[0] != vectors.shape[1]:
         raise InputError(f"a query of width {query.shape[0]} cannot be compared with vectors of shape "
                          f"{vectors.shape}; the run and the model must have the same output width")
-    scores = matvec(vectors, query)  # [n]
-    if cosine:
-        norms = row_norms(vectors) if norms is None else norms
-        scores = scores / np.maximum(norms * np.linalg.norm(query), 1e-12)
-    return scores
+    if similarity == "dot":
+        return matvec(vectors, query)  # [n]
+    norms = row_norms(vectors) if norms is None else np.asarray(norms, np.float32)  # [n]
+    if similarity == "cosine":
+        return products(vectors, query)[:, 0] / np.maximum(norms * np.linalg.norm(query), 1e-12)
+    mean = vectors.mean(0, dtype=np.float32) if mean is None else np.asarray(mean, np.float32).reshape(-1)  # [D]
+    q = query if text else query - mean  # [D]
+    vq, vmu = products(vectors, np.stack([q, mean])).T  # [n] each
+    mu2 = float(mean.astype(np.float64) @ mean)
+    centred_norms = np.sqrt(np.maximum(norms.astype(np.float64) ** 2 - 2.0 * vmu + mu2, 0.0))  # [n]
+    dots = vq - float(mean @ q)  # (v - mu) . q
+    return np.clip(dots / np.maximum(centred_norms * np.linalg.norm(q), 1e-12), -1.0, 1.0).astype(np.float32)
+
+
+def neighbours(m, query: np.ndarray, k: int, similarity: str = DEFAULT_SIMILARITY, *, exclude: int | None = None,
+               text: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids [k], scores [k]) of the k rows of ``m`` closest to ``query``, best first (analyses 1, 4, 5).
+
+    ``m`` holds ``ids`` [n], ``vectors`` [n, D], ``norms`` [n] and ``mean`` [D] (``HeadVectors``, or the
+    dashboard's cached ``HeadMatrix``); ``exclude`` is a row left out (the query image itself).
+    """
+    scores = neighbour_scores(query, m.vectors, similarity, norms=m.norms, mean=m.mean, text=text)  # [n]
+    rows, best = top_k(scores, k, exclude)
+    return m.ids[rows], best
+
+
+@dataclass(frozen=True)
+class HeadVectors:
+    """One head's (or a property's mean) vectors over a run's images, rows sorted by image id."""
+
+    ids: np.ndarray  # [n] int64, ascending
+    vectors: np.ndarray  # [n, D]
+    norms: np.ndarray  # [n] float32
+    mean: np.ndarray  # [D] float32
+
+    def row_of(self, image_id: int) -> int | None:
+        i = int(np.searchsorted(self.ids, image_id))
+        return i if i < len(self.ids) and self.ids[i] == image_id else None
+
+
+def head_vectors(ids: np.ndarray, vectors: np.ndarray, mean: np.ndarray | None = None) -> HeadVectors:
+    """HeadVectors with norms and (unless given, e.g. head_spans' float64 mean) the mean of ``vectors``."""
+    mean = vectors.mean(0, dtype=np.float64) if mean is None else np.asarray(mean, np.float64)
+    return HeadVectors(np.asarray(ids, np.int64), vectors, row_norms(vectors), mean.astype(np.float32))
 
 
 def top_k(scores: np.ndarray, k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +245,9 @@ def orient(direction: np.ndarray, vectors: np.ndarray, mean: np.ndarray) -> np.n
     return direction if np.sum(proj ** 3) >= 0 else -direction
 
 
-def neighbours_frame(image_ids: np.ndarray, scores: np.ndarray, meta, **context):
-    """Ranked neighbour table: rank, image_id, path, label, score, then ``context`` columns (run, layer, ...).
+def neighbours_frame(image_ids: np.ndarray, scores: np.ndarray, meta, attributes=None, **context):
+    """Ranked neighbour table: rank, image_id, path, label, score, the ground-truth columns of ``attributes``
+    (a frame keyed by image_id, when the probe set has one), then ``context`` columns (run, layer, ...).
 
     ``meta`` is the run's image table (image_id, path, label, ...), joined on image_id.
     """
@@ -161,6 +258,8 @@ def neighbours_frame(image_ids: np.ndarray, scores: np.ndarray, meta, **context)
                         "score": np.asarray(scores, dtype=np.float64)})
     out = out.merge(frame[["image_id", "path", "label"]], on="image_id", how="left")
     out = out[["rank", "image_id", "path", "label", "score"]]
+    if attributes is not None:
+        out = out.merge(attributes, on="image_id", how="left")
     for key, value in context.items():
         out[key] = value
     return out
@@ -179,3 +278,36 @@ def top_along(vectors: np.ndarray, direction: np.ndarray, k: int, centred: bool 
         mean = vectors.mean(0, dtype=np.float32) if mean is None else np.asarray(mean, np.float32)  # [D]
         scores = scores - float(mean @ unit)
     return top_k(scores, k)
+
+
+# --------------------------------------------------------------------------- heads for a text in one image
+
+
+def heads_for_text(heads: np.ndarray, layers: Sequence[int], text: np.ndarray, means: np.ndarray | None = None,
+                   tokens: np.ndarray | None = None, by: str | None = None):
+    """Which heads respond most to a text in one image: one row per head (layer, head, scores), strongest first.
+
+    heads [l, h, D] are the image's r[l,h]; text [D] a normalised text embedding. Columns:
+    ``projection`` r . t (the head's share of the image-text score, which the heads' sum plus the rest make
+    up); ``centred`` (r - mu) . t with ``means`` [l, h, D] the heads' means over the probe set (how much more
+    than usual the head writes toward the text here); ``map_total`` the sum of the head's spatial map (the
+    patch tokens' share of the projection, the class token's left out) when ``tokens`` [l, h, t, D] are given.
+    ``by`` names the column to rank by: default ``centred`` when means are given, else ``projection``.
+    """
+    import pandas as pd
+
+    text = np.asarray(text, np.float32).reshape(-1)  # [D]
+    heads = np.asarray(heads, np.float32)  # [l, h, D]
+    n_l, n_h = heads.shape[:2]
+    out = pd.DataFrame({"layer": np.repeat(np.asarray(layers, np.int64), n_h), "head": np.tile(np.arange(n_h), n_l),
+                        "projection": (heads @ text).reshape(-1)})  # [l, h] -> [l*h]
+    if means is not None:
+        out["centred"] = ((heads - np.asarray(means, np.float32)) @ text).reshape(-1)  # [l*h]
+    if tokens is not None:
+        out["map_total"] = (np.asarray(tokens, np.float32)[:, :, 1:] @ text).sum(-1).reshape(-1)  # [l, h, t-1] -> [l*h]
+    by = by or ("centred" if means is not None else "projection")
+    if by not in out.columns[2:]:
+        raise InputError(f"cannot rank heads by {by!r}; available: {', '.join(out.columns[2:])}")
+    out = out.sort_values([by, "layer", "head"], ascending=[False, True, True], kind="stable")
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out.reset_index(drop=True)

@@ -12,10 +12,10 @@ left, right = st.columns(2, gap="large")
 with right:
     layer, head = widgets.head_picker(ctx, "inn")
     k = widgets.k_slider("inn")
-    cosine = widgets.cosine_choice("inn")
-    st.caption(f"Score: r[{layer},{head}] of the query against r[{layer},{head}] of every dataset image "
-               f"({'cosine' if cosine else 'dot product'}). A dataset image's vector comes from the run; "
-               "an upload is decomposed by the live model.")
+    sim = widgets.similarity_choice("inn")
+    st.caption(f"Score: the head's vector for the query against its vector for every dataset image, by **{sim}**: "
+               f"{analysis.SIMILARITIES[sim]}. A dataset image's vector comes from the run; an upload is "
+               "decomposed by the live model.")
 with left:
     q = imagesource.image_picker(ctx, "inn")
 
@@ -28,9 +28,9 @@ if q.is_dataset:
 else:
     bundle = imagesource.require_model(ctx, "an uploaded image")
     query = imagesource.live_image(ctx, bundle, q).head_vector(layer, head)  # [D]
-rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k, exclude)
-frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
-                              layer=layer, head=head, query=q.name, similarity="cosine" if cosine else "dot")
+ids, scores = analysis.neighbours(m, query, k, sim, exclude=exclude)
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+                                  layer=layer, head=head, query=q.name, similarity=sim)
 st.markdown(f"#### {len(frame)} nearest images by {head_name(layer, head)}"
             + (" (the query image itself left out)" if exclude is not None else ""))
 widgets.show_neighbours(ctx, frame, f"image-neighbours_{head_name(layer, head)}", key="inn")

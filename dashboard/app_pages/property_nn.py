@@ -21,7 +21,9 @@ with right:
                f"labelled **{prop}** ({', '.join(head_name(*h) for h in heads)}); every dataset image gets the "
                "same mean over the same heads, and the closest are shown.")
     k = widgets.k_slider("pnn")
-    cosine = widgets.cosine_choice("pnn")
+    sim = widgets.similarity_choice("pnn")
+    st.caption(f"Score by **{sim}**: {analysis.SIMILARITIES[sim]}"
+               + (" (the mean is that of the property vector over the probe set)." if sim == "centred" else "."))
 with left:
     q = imagesource.image_picker(ctx, "pnn")
 
@@ -35,9 +37,9 @@ else:
     bundle = imagesource.require_model(ctx, "an uploaded image")
     li = imagesource.live_image(ctx, bundle, q)
     query = analysis.mean_vector([li.head_vector(l, h) for l, h in heads])  # [D]
-rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k, exclude)
-frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
-                              property=prop, query=q.name, similarity="cosine" if cosine else "dot")
+ids, scores = analysis.neighbours(m, query, k, sim, exclude=exclude)
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+                                  property=prop, query=q.name, similarity=sim)
 st.markdown(f"#### {len(frame)} nearest images by the **{prop}** heads"
             + (" (the query image itself left out)" if exclude is not None else ""))
 widgets.show_neighbours(ctx, frame, f"property-neighbours_{prop}", key="pnn")

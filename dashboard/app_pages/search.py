@@ -37,24 +37,32 @@ if by == "property":
     open_head_from(hits, "search.prop")
     st.stop()
 
-q = urlstate.text_input("Text", key="search.q", param="q", placeholder="e.g. colour, a dog, night")
+q = urlstate.text_input("Text", key="search.q", param="q", placeholder="e.g. red, stripes, a small circle")
 if not q:
-    st.info("Type a word or a description: heads whose TEXTSPAN texts contain it are listed, and, when the run's "
-            "model can be loaded, heads whose texts are closest in meaning.")
+    st.info("Type words or a description: heads whose TEXTSPAN texts contain every word (as stems: “stripes” "
+            "finds “striped”) are listed, and, when the run's model can be loaded, heads whose top texts are "
+            "closest in meaning.")
     st.stop()
-words = headsearch.by_words(data.search_head_texts(ctx.con, ctx.name, q).to_pandas())
+labels = data.head_labels(ctx.con, ctx.name).to_pandas()
+words = headsearch.group_hits(data.search_head_texts(ctx.con, ctx.name, q).to_pandas(), labels)
 st.markdown(f"#### Texts containing “{q}”: {len(words)} head{'s' if len(words) != 1 else ''}")
 if words.empty:
     st.caption("No stored TEXTSPAN text contains these words.")
 else:
+    st.caption("A text matches when it contains every word of the query (small words such as “a” and “the” "
+               "aside), compared as stems; `label` is the head's label.")
     open_head_from(words, "search.words")
 
 st.markdown("#### Closest in meaning")
 bundle = imagesource.live_model(ctx, "searching by meaning")
 if bundle is not None:
     frame, emb = state.text_table(ctx.cat, ctx.name)
-    ranked = headsearch.by_meaning(state.text_embedding(bundle, q), data.all_head_texts(ctx.con, ctx.name)
-                                   .to_pandas(), frame["text_id"].to_numpy(), emb)
-    st.caption("Each head scored by the best cosine between your text and any of its TEXTSPAN texts "
-               "(embedded by the run's own model).")
+    query = state.text_embedding(bundle, q)
+    far = headsearch.far_from_pool(query, frame["text"].tolist(), emb)
+    if far.far:
+        st.warning(far.message(q), icon=":material/explore_off:")
+    ranked = headsearch.by_meaning(query, data.all_head_texts(ctx.con, ctx.name).to_pandas(),
+                                   frame["text_id"].to_numpy(), emb, labels=labels)
+    st.caption(f"Each head scored by the cosine between your text and its TEXTSPAN texts (embedded by the run's "
+               f"own model), {headsearch.RANK_WEIGHT}; `best_text` adds most to the score.")
     open_head_from(ranked.head(20), "search.meaning")

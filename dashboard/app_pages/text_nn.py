@@ -15,17 +15,20 @@ with left:
     layer, head = widgets.head_picker(ctx, "tnn")
 with right:
     k = widgets.k_slider("tnn")
-    cosine = widgets.cosine_choice("tnn")
+    sim = widgets.similarity_choice("tnn")
+    st.caption(f"Score by **{sim}**: {analysis.SIMILARITIES[sim]}."
+               + (" The images' vectors are centred, the text is not: it is a direction, not one of the head's "
+                  "outputs." if sim == "centred" else ""))
 if not text:
-    st.info("Type a text: the dataset images whose r[l,h] has the largest dot product with its normalised "
-            "embedding are shown.")
+    st.info("Type a text: the dataset images whose head vector points most along its normalised embedding are "
+            "shown.")
     st.stop()
 
 query = state.text_embedding(bundle, text)  # [D], normalised
 m = state.head_matrix(ctx.cat, ctx.name, layer, head)
 widgets.coverage_note(ctx, m, head_name(layer, head))
-rows, scores = analysis.top_k(analysis.similarities(query, m.vectors, m.norms, cosine), k)
-frame = analysis.neighbours_frame(m.ids[rows], scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
-                              layer=layer, head=head, text=text, similarity="cosine" if cosine else "dot")
+ids, scores = analysis.neighbours(m, query, k, sim, text=True)
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+                                  layer=layer, head=head, text=text, similarity=sim)
 st.markdown(f"#### {len(frame)} images {head_name(layer, head)} writes most toward “{text}”")
 widgets.show_neighbours(ctx, frame, f"text-neighbours_{head_name(layer, head)}", key="tnn")
