@@ -376,6 +376,7 @@ def _mount_toyworld() -> None:
 
 _mount_toyworld()
 app.command("verify")(handle_errors(__import__("precompute.cli_verify", fromlist=["verify"]).verify))
+app.add_typer(__import__("precompute.cli_analyse", fromlist=["app"]).app, name="analyse")
 app.command("ablate")(handle_errors(__import__("precompute.cli_ablate", fromlist=["ablate"]).ablate))
 app.command("compare")(handle_errors(__import__("precompute.cli_ablate", fromlist=["compare"]).compare))
 
