@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 
+from dashboard.glossary import TERMS
 from precompute.labels import MIXED
 
 MIXED_COLOUR = "#c7c7c7"
@@ -25,22 +26,12 @@ class Score:
     top: float = 1.0  # the axis runs 0..top, so runs and scores compare at a glance
 
 
-SCORES = (
-    Score("association", "Association ↑", True,
-          "Share of a head's top-5 TEXTSPAN texts that carry the head's property; mean over labelled heads."),
-    Score("entanglement", "Entanglement ↓ (lower is better)", False,
-          "Share of labelled heads whose property another head of the model also has."),
-    Score("ccs5_mean", "CCS@5 ↑", True, "How many of a head's top 5 texts carry its property (0..5); mean.", 5.0),
-    Score("variance_top5", "Variance explained, top 5 ↑", True,
-          "Fraction of a head's variance its top 5 TEXTSPAN texts explain; mean over heads."),
-    Score("variance_topk", "Variance explained, top k ↑", True,
-          "Fraction of a head's variance all its stored TEXTSPAN texts explain; mean over heads."),
-    Score("zeroshot_intact", "Zero-shot accuracy ↑", True,
-          "Zero-shot accuracy on the probe set's class labels, model intact."),
-    Score("zeroshot_replaced", "Zero-shot, heads → TEXTSPAN ↑", True,
-          "Zero-shot accuracy with the analysed heads replaced by their TEXTSPAN reconstruction."),
-    Score("label_agreement", "Label agreement (toy world) ↑", True,
-          "Share of labelled heads whose label matches the attribute that best separates them (ground truth)."),
+SCORES = tuple(  # the model scores in the order Rankings shows them; names and meanings from the glossary
+    Score(column, f"{TERMS[column].title} {'↑' if TERMS[column].higher_is_better else '↓ (lower is better)'}",
+          bool(TERMS[column].higher_is_better), TERMS[column].help, top)
+    for column, top in (("association", 1.0), ("entanglement", 1.0), ("ccs5_mean", 5.0), ("variance_top5", 1.0),
+                        ("variance_topk", 1.0), ("zeroshot_intact", 1.0), ("zeroshot_replaced", 1.0),
+                        ("label_agreement", 1.0))
 )
 
 
@@ -49,23 +40,33 @@ def available_scores(frame: pd.DataFrame) -> list[Score]:
     return [s for s in SCORES if s.column in frame and frame[s.column].notna().any()]
 
 
-def score_bars(frame: pd.DataFrame, score: Score) -> alt.LayerChart:
-    """One score: a bar per run, best first (largest first, or smallest first when lower is better)."""
-    sub = frame.loc[frame[score.column].notna(), ["run", "model", "pretrained", score.column]]
-    order = sub.sort_values(score.column, ascending=not score.higher_is_better)["run"].tolist()
+def model_colours(runs) -> tuple[list[str], list[str]]:
+    """(runs in one fixed order, one colour each): the same order and colour for a model in every panel."""
+    order = sorted({str(r) for r in runs})
+    return order, [TABLEAU20[i % len(TABLEAU20)] for i in range(len(order))]
+
+
+def score_bars(frame: pd.DataFrame, score: Score, order: list[str], colours: list[str]) -> alt.LayerChart:
+    """One score: a bar per run in the fixed ``order`` and colours of ``model_colours``, each bar labelled with
+    its value and its rank on this score (#1 = best: largest, or smallest where lower is better)."""
+    sub = frame.loc[frame[score.column].notna(), ["run", "model", "pretrained", score.column]].copy()
+    rank = sub[score.column].rank(ascending=not score.higher_is_better, method="min").astype(int)
+    sub["shown"] = [f"{v:.3g}  #{r}" for v, r in zip(sub[score.column], rank)]
     base = alt.Chart(sub).encode(
         x=alt.X(f"{score.column}:Q", title=None, scale=alt.Scale(domain=[0, score.top])),
         y=alt.Y("run:N", sort=order, title=None),
         tooltip=["run", "model", "pretrained", alt.Tooltip(f"{score.column}:Q", format=".3f")],
     )
-    bars = base.mark_bar(color="#4c78a8" if score.higher_is_better else "#e45756")
-    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text(f"{score.column}:Q", format=".3g"))
+    bars = base.mark_bar().encode(color=alt.Color("run:N", scale=alt.Scale(domain=order, range=colours),
+                                                  legend=None))
+    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text="shown:N")
     return (bars + labels).properties(title=score.title, width=170, height=alt.Step(24))
 
 
 def score_rankings(frame: pd.DataFrame, columns: int = 3) -> alt.ConcatChart | None:
-    """Every available score ranked side by side; None when no run has a score."""
-    charts = [score_bars(frame, s) for s in available_scores(frame)]
+    """Every available score side by side, the models in one order and colour throughout; None without scores."""
+    order, colours = model_colours(frame["run"]) if "run" in frame else ([], [])
+    charts = [score_bars(frame, s, order, colours) for s in available_scores(frame)]
     return alt.concat(*charts, columns=columns) if charts else None
 
 
@@ -77,21 +78,33 @@ def property_colours(properties) -> tuple[list[str], list[str]]:
     return domain, colours
 
 
-def head_grid(frame: pd.DataFrame, title: str, domain: list[str], colours: list[str]) -> alt.Chart:
-    """Layer x head cells coloured by property, opacity by association; clicking a cell selects it.
+def short_label(prop: str | None, width: int = 5) -> str:
+    """A property as it fits in a grid cell: 'background' -> 'backg', 'mixed' -> '·'."""
+    if not prop or prop == MIXED:
+        return "·"
+    return prop if len(prop) <= width else prop[:width - 1] + "."
+
+
+def head_grid(frame: pd.DataFrame, title: str, domain: list[str], colours: list[str]) -> alt.LayerChart:
+    """Layer x head cells coloured by property (hue only, one colour per property) with the property written in
+    each cell; clicking a cell selects it.
 
     ``frame``: layer, head, property, association (may be null), texts (a tooltip line).
     """
-    frame = frame.assign(shade=frame["association"].fillna(0.0).clip(0.0, 1.0))
+    frame = frame.assign(cell=[short_label(p) for p in frame["property"]])
     selection = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", toggle=False)
-    return alt.Chart(frame).mark_rect(stroke="white", strokeWidth=1.5).encode(
+    base = alt.Chart(frame).encode(
         x=alt.X("head:O", title="head"),
         y=alt.Y("layer:O", title="layer", sort="descending"),
-        color=alt.Color("property:N", scale=alt.Scale(domain=domain, range=colours), title="property"),
-        opacity=alt.Opacity("shade:Q", scale=alt.Scale(domain=[0, 1], range=[0.25, 1.0]), legend=None),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O"), "property:N",
-                 alt.Tooltip("association:Q", format=".2f"), alt.Tooltip("texts:N", title="top texts")],
-    ).add_params(selection).properties(title=title, width=alt.Step(30), height=alt.Step(30))
+                 alt.Tooltip("association:Q", format=".2f", title=TERMS["association"].title),
+                 alt.Tooltip("texts:N", title="top texts")],
+    )
+    cells = base.mark_rect(stroke="white", strokeWidth=1.5).encode(
+        color=alt.Color("property:N", scale=alt.Scale(domain=domain, range=colours), title="property"))
+    text = base.mark_text(fontSize=9, color="black").encode(text="cell:N")
+    hit = base.mark_rect(opacity=0).add_params(selection)  # on top of the text, so a click anywhere in a cell selects
+    return (cells + text + hit).properties(title=title, width=alt.Step(44), height=alt.Step(30))
 
 
 def variance_bars(frame: pd.DataFrame) -> alt.LayerChart:

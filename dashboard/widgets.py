@@ -202,9 +202,27 @@ def head_picker(ctx: RunContext, prefix: str, container=st) -> tuple[int, int]:
         fail(InterpretError(f"run {ctx.name!r} lists no analysed layers or heads in its manifest"))
     left, right = container.columns(2)
     layer = urlstate.selectbox("Layer", ctx.layers, key=f"{prefix}.layer", param="layer", parse=int, container=left)
+    named = head_labels_of(ctx)
     head = urlstate.selectbox("Head", list(range(ctx.heads)), key=f"{prefix}.head", param="head", parse=int,
-                              container=right)
+                              container=right, format_func=lambda h: head_choice(int(layer), h, named))
     return int(layer), int(head)
+
+
+def head_labels_of(ctx: RunContext) -> dict[tuple[int, int], str]:
+    """(layer, head) -> property label, corrections applied; {} for a run not labelled yet (or unreadable)."""
+    if "label" not in ctx.stages:
+        return {}
+    try:
+        frame = data.head_labels(ctx.con, ctx.name).to_pandas()
+    except InterpretError:
+        return {}
+    return {(int(l), int(h)): str(p) for l, h, p in zip(frame["layer"], frame["head"], frame["property"])}
+
+
+def head_choice(layer: int, head: int, named: dict[tuple[int, int], str]) -> str:
+    """How a head reads in a picker: 'L7.H0 · pattern' (its label, where it has one)."""
+    label = named.get((int(layer), int(head)))
+    return head_name(layer, head) + (f" · {label}" if label else "")
 
 
 def head_set_picker(ctx: RunContext, prefix: str, default_mode: str = "one") -> tuple[list[tuple[int, int]], str]:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, data, hints, widgets
+from dashboard import charts, data, glossary, hints, widgets
 from dashboard.widgets import open_head
 from precompute.labels import head_name
 
@@ -20,8 +20,10 @@ def missing_stage_note(names: list[str], stage: str, what: str) -> None:
 ctx = widgets.current_run()
 cat = ctx.cat
 st.title("Rankings")
-st.caption("Models ranked by each score of the score stage, best first. Arrows say which way is better: "
-           "**entanglement is better when lower** (fewer heads share a property).")
+st.caption("Each score of the score stage for every model: one order and one colour per model in every panel, "
+           "each bar labelled with its value and its rank on that score (#1 = best). Arrows say which way is "
+           "better: **entanglement is better when lower** (fewer heads share a property). Hover a title's "
+           "score in the table below for its meaning.")
 
 scores = data.model_scores(cat.con).to_pandas()
 chart = charts.score_rankings(scores)
@@ -30,14 +32,12 @@ if chart is None:
 else:
     st.altair_chart(chart, width="content")
     with st.expander("The scores, as a table"):
-        st.dataframe(scores, hide_index=True, width="stretch",
-                     column_config={s.column: st.column_config.NumberColumn(s.title, help=s.help, format="%.3f")
-                                    for s in charts.available_scores(scores)})
+        st.dataframe(scores, hide_index=True, width="stretch", column_config=glossary.column_config(scores))
 missing_stage_note(sorted(set(cat.runs) - set(scores["run"])), "score", "not scored yet")
 
 st.header("Heads by property")
-st.caption("One cell per head: colour = its property label, opacity = its association score (grey = mixed). "
-           "Click a cell to open the head.")
+st.caption("One cell per head, coloured and titled by its property label (grey · = mixed); hover for its "
+           "association and top texts. Click a cell to open the head.")
 overviews = {n: t.to_pandas() for n, t in widgets.each_run(cat, data.head_overview).items()}
 labelled = {n: f for n, f in overviews.items() if not f.empty}
 domain, colours = charts.property_colours(p for f in labelled.values() for p in f["property"])

@@ -108,3 +108,38 @@ def test_live_pages_say_when_the_model_is_a_toy_model(tmp_path, monkeypatch):
     at = open_page("topic_map", run="toy", img=0)
     no_exceptions(at)
     assert "is a toy model" in all_text(at)
+
+
+# --------------------------------------------------------------------------- readability
+
+
+def test_head_pickers_name_each_head_with_its_label(app, runs_dir):
+    from dashboard import data
+    from tests.app.conftest import widget
+
+    at = app("image_nn", run="synth/full", layer=3, head=1, img=105)
+    no_exceptions(at)
+    labels = {(r["layer"], r["head"]): r["property"]
+              for r in data.head_labels(data.connect(runs_dir), "synth/full").to_pylist()}
+    assert widget(at, "selectbox", "inn.head").options == [f"L3.H{h} · {labels[(3, h)]}" for h in range(2)]
+
+
+def test_rankings_keep_one_model_order_and_colour_and_write_the_label_in_each_cell():
+    import pandas as pd
+
+    from dashboard import charts
+
+    scores = pd.DataFrame({"run": ["b", "a", "c"], "model": ["m"] * 3, "pretrained": ["p"] * 3,
+                           "association": [0.2, 0.9, 0.5], "entanglement": [0.1, 0.8, 0.3]})
+    spec = charts.score_rankings(scores).to_dict()
+    panels = spec["concat"]
+    sorts = {tuple(layer["encoding"]["y"]["sort"]) for panel in panels for layer in panel["layer"]}
+    assert sorts == {("a", "b", "c")}  # the same order in every panel, whatever the score
+    colours = [layer["encoding"]["color"]["scale"] for panel in panels for layer in panel["layer"]
+               if "color" in layer["encoding"]]
+    assert all(c == colours[0] for c in colours) and colours[0]["domain"] == ["a", "b", "c"]
+    grid = charts.head_grid(pd.DataFrame({"layer": [1, 1], "head": [0, 1], "property": ["pattern", "background"],
+                                          "association": [0.2, 1.0], "texts": ["", ""]}), "t",
+                            *charts.property_colours(["pattern", "background"])).to_dict()
+    assert not any("opacity" in layer.get("encoding", {}) for layer in grid["layer"])  # hue only
+    assert any(layer["encoding"].get("text", {}).get("field") == "cell" for layer in grid["layer"])

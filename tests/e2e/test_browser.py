@@ -157,7 +157,7 @@ def test_clicking_a_head_in_the_rankings_grid_opens_it(browser, servers):
         page.goto(f"{full.url}/?run=tiny", timeout=PAGE_S * 1000)
         page.wait_for_selector(DONE, timeout=PAGE_S * 1000)
         grid = page.locator('[data-testid="stVegaLiteChart"]').nth(1)  # 0: the score bars; 1: the first head grid
-        cell = grid.locator("g.mark-rect path").first
+        cell = grid.locator("g.mark-rect").last.locator("path").first  # the top layer: the cells that take clicks
         cell.wait_for(timeout=PAGE_S * 1000)
         cell.click()
         page.wait_for_url("**/head?**", timeout=PAGE_S * 1000)
