@@ -164,3 +164,19 @@ def test_bad_options_are_one_line_errors(made, args, message):
 def test_a_folder_that_is_not_a_scored_run_is_refused(tmp_path):
     result = invoke("ablate", "--out", tmp_path)
     assert result.exit_code == 2 and "is not a run folder" in result.output and "Traceback" not in result.output
+
+
+def test_compare_writes_head_matches_where_the_dashboard_reads_them(made, tmp_path):
+    _, out, _ = made
+    data = tmp_path / "data"
+    shutil.copytree(out, data / "tiny")
+    result = invoke("compare", "--run", data / "tiny", "--run", data / "tiny", "--out", data / schema.COMPARE_DIR)
+    assert result.exit_code == 0, result.output
+    assert f"{HEADS * HEADS} head pairs over 18 shared images" in result.output
+    assert "best-match CKA: mean 1.000" in result.output
+    (path,) = (data / schema.COMPARE_DIR).glob("head_matches-*.parquet")
+    rows = pq.read_table(path).to_pylist()
+    assert {(r["run_a"], r["run_b"]) for r in rows} == {("tiny", "tiny")}  # named as the dashboard names runs
+    assert all(r["rank_a"] == 1 for r in rows if (r["layer_a"], r["head_a"]) == (r["layer_b"], r["head_b"]))
+    one = invoke("compare", "--run", out)
+    assert one.exit_code == 2 and "exactly two --run folders" in one.output
