@@ -164,6 +164,7 @@ def permalink(ctx: RunContext, layer: int, head: int) -> str:
 
 def links_section(ctx: RunContext, label: dict | None, layer: int, head: int) -> None:
     """One permalink, and a link that opens each analysis on this head."""
+    st.caption("Permalink to this head (copy it with the button at its right):")
     st.code(permalink(ctx, layer, head), language=None)
     one = {"run": ctx.name, "layer": str(layer), "head": str(head)}
     links = [("image_nn.py", "4 · Image neighbours", one), ("text_nn.py", "5 · Text neighbours", one),
@@ -309,6 +310,18 @@ def images_section(ctx: RunContext, m: state.HeadMatrix, d: Direction, layer: in
 
 # --------------------------------------------------------------------------- patch maps and the test box
 
+class LiveModel:
+    """The run's live model for one script run (``imagesource.live_model``), asked for once however many sections
+    need it, so its notes (why it is off; that a toy model knows only toy scenes) show once."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.asked, self.bundle = ctx, False, None
+
+    def get(self, purpose: str) -> state.ModelBundle | None:
+        if not self.asked:
+            self.asked, self.bundle = True, imagesource.live_model(self.ctx, purpose)
+        return self.bundle
+
 
 def _head_map(ctx: RunContext, bundle: state.ModelBundle, q: imagesource.QueryImage, unit: np.ndarray,
               layer: int, head: int):
@@ -317,7 +330,7 @@ def _head_map(ctx: RunContext, bundle: state.ModelBundle, q: imagesource.QueryIm
     return li, analysis.head_maps(li, unit)[li.layers.index(layer), head]  # [g, g]
 
 
-def maps_section(ctx: RunContext, d: Direction, layer: int, head: int, top_ids: list[int]) -> None:
+def maps_section(ctx: RunContext, live: LiveModel, d: Direction, layer: int, head: int, top_ids: list[int]) -> None:
     """On demand: where in each of the page's first top images the head writes along the direction."""
     st.markdown("#### Patch maps of the top images")
     urlstate.seed("head.maps", "maps", parse=lambda v: v == "1")
@@ -326,7 +339,7 @@ def maps_section(ctx: RunContext, d: Direction, layer: int, head: int, top_ids: 
     urlstate.publish("maps", "1" if shown else None)
     if not shown:
         return
-    bundle = imagesource.live_model(ctx, "a patch map")
+    bundle = live.get("a patch map")
     if bundle is None:
         return
     ids = tuple(top_ids[:MAPS])
@@ -340,19 +353,20 @@ def maps_section(ctx: RunContext, d: Direction, layer: int, head: int, top_ids: 
         done.clear()  # one head's maps per session: they are PNGs of a few kB each, but pages add up
         done[key] = ([overlay.overlay(li.view, g, scale) for li, g in found], scale)
     shown, scale = done[key]
-    st.image(shown, caption=[f"#{i}" for i in ids], width=130)
+    st.image(shown, caption=[f"#{i}" for i in ids], width=100)
     st.image(overlay.colour_bar(520, scale, "patch term · direction (red: along it)"))
     st.caption(f"Each patch's term of {head_name(layer, head)} dotted with the ranking direction, on one scale "
                f"(±{scale:.3g}) for all the images; the patches' sum plus the class token's term is the projection "
                "the images are ranked by (uncentred).")
 
 
-def test_section(ctx: RunContext, m: state.HeadMatrix, d: Direction, layer: int, head: int, hist) -> None:
+def test_section(ctx: RunContext, live: LiveModel, m: state.HeadMatrix, d: Direction, layer: int, head: int,
+                 hist) -> None:
     """Type a text or pick an image (a dataset image or an upload) and see where it lands in the histogram."""
     st.markdown("#### Test the head")
     marks = []
     text = urlstate.text_input("A text", key="head.t", param="t", placeholder="e.g. a red shape")
-    bundle = imagesource.live_model(ctx, "the test box") if text else None
+    bundle = live.get("the test box") if text else None
     if text and bundle is not None:
         t = state.text_embedding(bundle, text)  # [D], normalised
         near = analysis.top_k(analysis.similarities(t, m.vectors), 8)[0]  # analysis 5: r . t, best first
@@ -372,9 +386,9 @@ def test_section(ctx: RunContext, m: state.HeadMatrix, d: Direction, layer: int,
         else:
             value = float(d.values[row])  # the run's own vector: no model needed
     show_map = not q.is_dataset or st.toggle("Show its patch map", key="head.test.map")
-    live = imagesource.live_model(ctx, "a map of the test image") if show_map else None
-    if live is not None:
-        li, grid = _head_map(ctx, live, q, d.unit, layer, head)
+    bundle = live.get("a map of the test image") if show_map else None
+    if bundle is not None:
+        li, grid = _head_map(ctx, bundle, q, d.unit, layer, head)
         if not q.is_dataset:
             value = d.project(li.head_vector(layer, head), m.mean)  # decomposed live, on the same axis
         scale = overlay.symmetric_scale(grid)

@@ -37,5 +37,6 @@ d = headview.direction(ctx, m, layer, head, picks)
 hist = st.empty()  # redrawn by the test box with its marks
 hist.altair_chart(headview.histogram(d), width="stretch")
 top_ids = headview.images_section(ctx, m, d, layer, head)
-headview.maps_section(ctx, d, layer, head, top_ids)
-headview.test_section(ctx, m, d, layer, head, hist)
+live = headview.LiveModel(ctx)  # loaded only when a section needs it
+headview.maps_section(ctx, live, d, layer, head, top_ids)
+headview.test_section(ctx, live, m, d, layer, head, hist)
