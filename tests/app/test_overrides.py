@@ -152,6 +152,17 @@ def test_a_correction_shows_at_once_on_every_page(team):
     assert "the 1 head labelled **shapes** (L3.H1)" in all_text(pnn)
 
 
+def test_a_correction_written_by_hand_shows_without_rerunning_label(team):
+    """The same finding without the form: a row in the run's file (the format before the history) is applied."""
+    (team / schema.LABEL_OVERRIDES_FILE).write_text("layer,head,property,author\n2,1,sizes,ana\n")
+    head = open_page("head", run="team", layer=2, head=1)
+    no_exceptions(head)
+    assert head.subheader[0].value == "L2.H1 · sizes"
+    assert grid_cells(open_page(None, run="team"), "team")[(2, 1)] == "sizes"
+    search = open_page("search", run="team", by="property", prop="sizes")
+    assert list(zip(search.dataframe[0].value["layer"], search.dataframe[0].value["head"])) == [(2, 1)]
+
+
 def test_a_second_correction_keeps_the_first_ones_author_and_note(team):
     at = open_page("head", run="team", layer=2, head=1)
     correct(at, "new", "sizes", author="ana", note="big against small")
