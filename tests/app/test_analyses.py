@@ -38,10 +38,20 @@ def image_file(con, run: str, image_id: int) -> Path:
     return Path(manifest["images"]["root"]) / meta.loc[image_id, "path"]
 
 
-def expected_top(ids, vectors, query, k, exclude=None, cosine=False):
-    scores = vectors @ query
-    if cosine:
-        scores = scores / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
+def exact_scores(vectors, query, sim="dot", text=False):
+    """The neighbour scores in float64, straight from their definitions (docs/design.md section 5.2)."""
+    v, q = np.asarray(vectors, np.float64), np.asarray(query, np.float64)
+    if sim == "centred":
+        mu = v.mean(0)
+        v, q = v - mu, (q if text else q - mu)
+    scores = v @ q
+    if sim in ("cosine", "centred"):
+        scores = scores / (np.linalg.norm(v, axis=1) * np.linalg.norm(q))
+    return scores
+
+
+def expected_top(ids, vectors, query, k, exclude=None, cosine=False, sim=None, text=False):
+    scores = exact_scores(vectors, query, sim or ("cosine" if cosine else "dot"), text)
     if exclude is not None:
         scores[list(ids).index(exclude)] = -np.inf
     return [int(i) for i in ids[np.argsort(-scores, kind="stable")[:k]]]
@@ -68,22 +78,29 @@ def test_property_neighbours_of_a_dataset_image_use_the_mean_over_the_propertys_
     mean = np.mean([data.head_vectors(con, "synth/full", l, h)[1] for l, h in heads], axis=0)
     query = mean[list(ids).index(103)]
     table = at.dataframe[0].value
-    assert table["image_id"].tolist() == expected_top(ids, mean, query, 4, exclude=103)
+    assert table["image_id"].tolist() == expected_top(ids, mean, query, 4, exclude=103, sim="centred")
     rows = [list(ids).index(i) for i in table["image_id"]]
-    assert close_to_float32(table["score"], mean[rows], query)
+    assert table["score"].to_numpy() == pytest.approx(exact_scores(mean, query, "centred")[rows], abs=2e-3)
+    assert (table["similarity"] == "centred").all()
     assert "L2.H1, L3.H0" in all_text(at)
     assert "(the query image itself left out)" in all_text(at)
     assert len(at.download_button) == 1
 
 
-@pytest.mark.parametrize("sim", ["dot", "cosine"])
+@pytest.mark.parametrize("sim", ["dot", "cosine", "centred", None])
 def test_image_neighbours_of_a_dataset_image_match_numpy(app, con, sim):
-    at = app("image_nn", run="synth/full", layer=3, head=1, img=105, k=5, sim=sim)
+    at = app("image_nn", run="synth/full", layer=3, head=1, img=105, k=5, **({"sim": sim} if sim else {}))
     no_exceptions(at)
+    sim = sim or "centred"  # the default
+    assert widget(at, "radio", "inn.sim").value == sim
     ids, vectors = data.head_vectors(con, "synth/full", 3, 1)
     query = vectors[list(ids).index(105)]
     table = at.dataframe[0].value
-    assert table["image_id"].tolist() == expected_top(ids, vectors, query, 5, exclude=105, cosine=sim == "cosine")
+    assert table["image_id"].tolist() == expected_top(ids, vectors, query, 5, exclude=105, sim=sim)
+    rows = [list(ids).index(i) for i in table["image_id"]]
+    if sim != "dot":
+        assert table["score"].to_numpy() == pytest.approx(exact_scores(vectors, query, sim)[rows], abs=2e-3)
+    assert (table["similarity"] == sim).all() and f"by **{sim}**" in all_text(at)
     assert (table["layer"] == 3).all() and (table["head"] == 1).all()
     captions = [c for img in at.image for c in img.captions]
     assert any(c.startswith(f"#{table['image_id'][0]} · ") for c in captions)  # result thumbnails
@@ -193,7 +210,7 @@ def test_contrastive_map_asks_for_both_texts(app):
 
 
 def test_text_neighbours_match_the_models_text_embedding(app, con, tiny_model):
-    at = app("text_nn", run="tiny", t="a red circle", layer=1, head=0, k=5)
+    at = app("text_nn", run="tiny", t="a red circle", layer=1, head=0, k=5, sim="dot")
     no_exceptions(at)
     ids, vectors = data.head_vectors(con, "tiny", 1, 0)
     query = encode_texts(tiny_model, ["a red circle"])[0]
@@ -202,6 +219,18 @@ def test_text_neighbours_match_the_models_text_embedding(app, con, tiny_model):
     rows = [list(ids).index(i) for i in table["image_id"]]
     assert close_to_float32(table["score"], vectors[rows], query)
     assert np.all(np.diff(table["score"]) <= 0)
+
+
+def test_text_neighbours_by_default_centre_the_images_not_the_text(app, con, tiny_model):
+    at = app("text_nn", run="tiny", t="a red circle", layer=1, head=0, k=5)
+    no_exceptions(at)
+    ids, vectors = data.head_vectors(con, "tiny", 1, 0)
+    query = encode_texts(tiny_model, ["a red circle"])[0]
+    table = at.dataframe[0].value
+    assert table["image_id"].tolist() == expected_top(ids, vectors, query, 5, sim="centred", text=True)
+    rows = [list(ids).index(i) for i in table["image_id"]]
+    assert table["score"].to_numpy() == pytest.approx(exact_scores(vectors, query, "centred", True)[rows], abs=2e-3)
+    assert "the text is not" in all_text(at)
 
 
 def test_changing_widgets_updates_the_permalink(app):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -173,16 +174,21 @@ def test_search_by_words_and_by_meaning(app, con):
     at = app("search", run="tiny", q="photo")
     no_exceptions(at)
     picks = data.all_head_texts(con, "tiny").to_pandas()
-    expected = {(int(l), int(h)) for l, h, t in zip(picks.layer, picks["head"], picks.text) if "photo" in t.lower()}
+    expected = {(int(l), int(h)) for l, h, t in zip(picks.layer, picks["head"], picks.text)
+                if "photo" in re.findall(r"[a-z]+", t.lower())}  # a word of the text, not a substring
     words, meaning = at.dataframe[0].value, at.dataframe[1].value
     assert set(zip(words["layer"], words["head"])) == expected
-    # by meaning: the best cosine between 'photo' and any of a head's texts, by the run's own model
+    # by meaning: the cosines between 'photo' and a head's texts weighted 1/rank, by the run's own model
     spec, _ = registry.spec_from_manifest(json.loads(data.run_info(con, "tiny")["manifest"])["model"], "cpu")
     loaded = registry.load_model(spec)
     pool = data.texts(con, "tiny")
     emb = dict(zip(pool.column("text_id").to_pylist(), store.arrow_to_vectors(pool.column("embedding"))))
     query = encode_texts(loaded, ["photo"])[0]
-    best = max(((float(emb[t] @ query), (int(l), int(h))) for l, h, t in zip(picks.layer, picks["head"], picks.text_id)))
+    sums: dict = {}
+    for l, h, r, t in zip(picks.layer, picks["head"], picks["rank"], picks.text_id):
+        total, weight = sums.get((int(l), int(h)), (0.0, 0.0))
+        sums[(int(l), int(h))] = (total + float(emb[t] @ query) / r, weight + 1.0 / r)
+    best = max((total / weight, key) for key, (total, weight) in sums.items())
     assert (meaning["layer"][0], meaning["head"][0]) == best[1]
     assert meaning["similarity"][0] == pytest.approx(best[0], abs=1e-5)
 
