@@ -74,6 +74,6 @@ if show:
         grids.append(analysis.head_maps(li, u)[li.layers.index(r.layer), r.h])  # [g, g]
     scale = overlay.symmetric_scale(*grids)
     st.image([overlay.overlay(li.view, g, scale) for g in grids],
-             caption=[f"{r.head} · {r.label}" for r in shown.itertuples()], width=150)
+             caption=[f"{r.head} · {r.label}" for r in shown.itertuples()], width=100)
     st.image(overlay.colour_bar(520, scale, "patch term · principal direction (red: along it)"))
     st.caption("Each head's patch terms dotted with its first principal direction, one scale for all.")
