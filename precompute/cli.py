@@ -121,6 +121,9 @@ Workers = Annotated[Optional[int], typer.Option(
     help="Image-decoding worker processes (0 decodes in the main process). Default: every core on a GPU, 1 on the CPU.")]
 ChunkSize = Annotated[int, typer.Option(help="Images per resumable chunk: a crash loses at most one chunk of work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Engine = Annotated[str, typer.Option(help="local (this process) or ray (decomposition actors on a Ray instance or cluster; needs pip install -e '.[ray]').")]
+RayAddress = Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join ('auto' for the one `ray start --head` started here, or ray://HOST:10001). Default: start a local instance for this command.")]
+Models = Annotated[Optional[Path], typer.Option(help="A CSV or YAML of models (columns model, pretrained, images[, out]; e.g. data/zoo/study.csv): one run each, as a single `run` would write it.")]
 RunDir = Annotated[Path, typer.Option("--out", help="The run folder (written by `decompose` or `run`).")]
 Pool = Annotated[Optional[str], typer.Option(help="Text pool: a shipped name (toyworld, general) or a .txt/.csv/.parquet file. Default: toyworld for toy models, general otherwise.")]
 K = Annotated[int, typer.Option("--k", help="TEXTSPAN picks computed per head (the dashboard shows 5).")]
@@ -154,6 +157,8 @@ class DecomposeFlags:
     chunk_size: ChunkSize = 512
     device: Device = "auto"
     precision: Precision = "fp32"
+    engine: Engine = "local"
+    ray_address: RayAddress = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +329,7 @@ def _note(message: str) -> None:
 @app.command()
 @handle_errors
 @option_groups
-def run(model: RunModel = None, images: RunImages = None, out: RunOut = None,
+def run(model: RunModel = None, images: RunImages = None, out: RunOut = None, models: Models = None,
         decompose_flags: DecomposeFlags = DecomposeFlags(), textspan_flags: TextspanFlags = TextspanFlags(),
         label_flags: LabelFlags = LabelFlags(), score_flags: ScoreFlags = ScoreFlags(), force: Force = False,
         quiet: Quiet = False,
@@ -336,7 +341,7 @@ def run(model: RunModel = None, images: RunImages = None, out: RunOut = None,
         decompose=_decompose_request(model, images, out, decompose_flags),
         pool=textspan_flags.pool, k=textspan_flags.k, rank=textspan_flags.rank,
         label=_label_options(label_flags), score=_score_options(label_flags.top_k, score_flags, quiet), force=force,
-        ablate=_ablate_options(score_flags, quiet) if ablate else None)
+        ablate=_ablate_options(score_flags, quiet) if ablate else None, models=models)
     _quiet_libraries()
     (first, _), *_ = pipeline.run(request, log=typer.echo, progress=not quiet)
     data_dir = "" if model is None else f" --data-dir {first.source.out.parent}"

@@ -9,7 +9,9 @@ under ``data/models/`` on a toy-world probe set generated at a fixed seed, into 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +51,8 @@ class DecomposeRequest:
     chunk_size: int = 512
     device: str = "auto"
     precision: str = "fp32"
+    engine: str = "local"  # 'local' (this process) or 'ray' (precompute/engine_ray.py)
+    ray_address: str | None = None  # with the Ray engine: None starts a local instance; 'auto' joins a cluster
 
     def load(self) -> registry.LoadedModel:
         weights = registry.parse_weights(self.model, self.pretrained, self.random_init, self.seed)
@@ -72,6 +76,7 @@ class RunRequest:
     score: ScoreOptions = ScoreOptions()
     force: bool = False
     ablate: AblateOptions | None = None  # `run --ablate`: the ablate stage after score (off by default)
+    models: Path | None = None  # `run --models FILE`: one run per row (precompute/models_file.py)
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,9 @@ def default_requests(base: DecomposeRequest = DecomposeRequest(), progress: bool
 def plan(req: RunRequest, progress: bool = True) -> list[RunPlan]:
     """One plan per model (the request's, or every shipped toy model), images, run folder and pool resolved."""
     d = req.decompose
-    if d.model is None:
+    if req.models is not None:
+        sources = model_requests(req.models, d, progress)
+    elif d.model is None:
         if d.out is not None or d.pretrained or d.random_init:
             raise InputError("--out, --pretrained and --random-init need --model (the default runs every toy model)")
         sources = default_requests(d, progress)
@@ -153,21 +160,101 @@ def plan(req: RunRequest, progress: bool = True) -> list[RunPlan]:
                     req.force, req.ablate) for s in sources]
 
 
+def model_requests(path: Path, base: DecomposeRequest, progress: bool = True) -> list[DecomposeRequest]:
+    """`run --models FILE`: one request per row, images and run folder resolved as a single `run` resolves them."""
+    from precompute.models_file import read_models_file
+
+    if base.model is not None or base.pretrained or base.random_init:
+        raise InputError("--models excludes --model, --pretrained and --random-init: the file names the models "
+                         "and their weights")
+    out = []
+    for row in read_models_file(path):
+        images = row.images or base.images
+        if images is None:
+            if registry.model_defaults(row.model).probe is None:
+                raise InputError(f"--models {path}: line {row.line} ({row.model}) names no images; add an 'images' "
+                                 "column or pass --images")
+            images = ensure_default_probe(progress)
+        folder = row.out or default_out(row.model, row.pretrained, False)
+        if row.out is None and base.out is not None:
+            folder = base.out / folder.name
+        out.append(replace(base, model=row.model, pretrained=row.pretrained, images=images, out=folder))
+    return out
+
+
+ENGINES = ("local", "ray")
+
+
+def check_engine(name: str) -> None:
+    """Refuse an unknown engine, or the Ray engine without Ray, before any model loads."""
+    if name not in ENGINES:
+        raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    if name == "ray":
+        from precompute.engine_ray import import_ray
+
+        import_ray()
+
+
+@contextlib.contextmanager
+def engine(name: str, address: str | None = None):
+    """The decompose stage's engine for one command: None (the local one) or a Ray session, always shut down."""
+    if name == "local":
+        if address is not None:
+            raise InputError("--ray-address needs --engine ray")
+        yield None
+    elif name == "ray":
+        from precompute.engine_ray import RayOptions, RaySession
+
+        with RaySession(RayOptions(address=address)) as session:
+            yield session
+    else:
+        check_engine(name)
+
+
 def run(req: RunRequest, log: Callable[[str], None] = print,
         progress: bool = True) -> list[tuple[RunPlan, list[StageReport]]]:
-    """`clip-interpret run`: plan, then every stage of every planned model."""
-    done = []
-    for p in plan(req, progress):
+    """`clip-interpret run`: plan, then every stage of every planned model.
+
+    With the Ray engine, several models run concurrently: each one's decomposition actors queue for the cluster's
+    GPUs (or CPU slots) while the others' later stages run here; each model's run folder is the same.
+    """
+    d = req.decompose
+    check_engine(d.engine)
+    plans = plan(req, progress)
+    with engine(d.engine, d.ray_address) as session:
+        compute = None if session is None else session.compute_chunks
+        if session is None or len(plans) == 1:
+            done = []
+            for p in plans:
+                log(f"{p.source.model} -> {p.source.out}")
+                done.append((p, run_plan(p, log, progress, compute)))
+            return done
+        return _run_concurrently(plans, log, compute)
+
+
+def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute) -> list:
+    """Every plan in a thread of its own (no progress bars; each line names its model); the models load one at a
+    time, as a seeded random init draws from torch's one global generator."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+
+    def one(p: RunPlan):
         log(f"{p.source.model} -> {p.source.out}")
-        done.append((p, run_plan(p, log, progress)))
-    return done
+        return p, run_plan(p, lambda line: log(f"[{p.source.model}] {line.strip()}"), False, compute, lock)
+
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        return list(pool.map(one, plans))
 
 
 def decompose(req: DecomposeRequest, progress: bool = True) -> DecomposeSummary:
     """`clip-interpret decompose`: the decompose stage alone, into ``req.out`` or ``default_out``."""
+    check_engine(req.engine)
     loaded = req.load()
     out = req.out or default_out(req.model, req.pretrained, req.random_init)
-    return run_decompose(loaded, replace(req, out=out).options(progress))
+    with engine(req.engine, req.ray_address) as session:
+        compute = None if session is None else session.compute_chunks
+        return run_decompose(loaded, replace(req, out=out).options(progress), compute)
 
 
 def textspan(run_dir: Path, pool: str | None = None, k: int = DEFAULT_K, rank: int = DEFAULT_RANK,
@@ -200,10 +287,14 @@ def _clear_decompose(run_dir: Path) -> None:
         store.write_manifest(run_dir, manifest)
 
 
-def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = True) -> list[StageReport]:
-    """Run every stage for one model; a stage whose output is current for the same inputs is skipped."""
+def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = True, compute=None,
+             load_lock: threading.Lock | None = None) -> list[StageReport]:
+    """Run every stage for one model; a stage whose output is current for the same inputs is skipped.
+
+    ``compute`` is the decompose stage's engine (``stage_decompose.ComputeChunks``; None: the local one)."""
     load_pool(p.textspan.pool)  # a bad pool fails now, not after a long decompose
-    loaded = p.source.load()
+    with load_lock or contextlib.nullcontext():
+        loaded = p.source.load()
     out = Path(p.source.out)
     reports = []
 
@@ -215,7 +306,7 @@ def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = Tr
 
         _check_existing(out, model_record(loaded), list(parse_layers(dec.layers, loaded.info.layers)))
         _clear_decompose(out)
-    summary = run_decompose(loaded, dec)
+    summary = run_decompose(loaded, dec, compute)
     reports.append(StageReport("decompose", not summary.already_complete, time.perf_counter() - t0,
                                f"{summary.images} images, {len(summary.skipped)} skipped"))
     log(_line(reports[-1]))

@@ -1,0 +1,236 @@
+"""The Ray engine of the decompose stage (docs/design.md section 9.1): the same plan, chunks and files as the local one.
+
+The stage plans, resumes and merges exactly as with the local engine (``stage_decompose.run_decompose``); only the
+chunks' computation moves: a pool of decomposition actors, one per GPU (or per CPU slot), each loading the model and
+its ``Decomposer`` once, decodes a chunk's images with the project's decoder (``images.ImageFolderDataset``),
+decomposes them (``stage_decompose.decompose_chunk``) and writes the chunk in the run's layout
+(``stage_decompose.write_chunk``: atomic writes, ``files.json``, ``DONE`` last). So a run killed mid-way resumes with
+either engine, and both write the same tables. The driver only plans, counts and merges; the actors write to the run
+folder themselves, which must therefore be a path every node of the cluster sees (a shared file system).
+
+Two ways to drive the actors, measured side by side by ``benchmarks/ray_engine.py``: plain actors over chunks
+(``ActorPool``, the default) and a Ray Data ``map_batches`` over the chunk list with the same stateful actor class.
+
+Ray is optional (``pip install -e '.[ray]'``) and imported only here, only when the Ray engine is chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from precompute.errors import InputError, InterpretError
+
+MODES = ("actors", "data")
+# A whole CPU per actor stalls on a 2-core machine: the actors (and Ray Data's read task) wait for a third CPU.
+ACTOR_CPUS = 0.5
+INSTALL = "pip install -e '.[ray]'"
+
+
+def import_ray():
+    """The ``ray`` module, or an InputError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--engine ray needs Ray, which is not installed here: {INSTALL}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how the Ray engine runs."""
+
+    address: str | None = None  # None: start a local instance; 'auto' or 'ray://head:10001': an existing cluster
+    num_cpus: int | None = None  # CPUs of a local instance (None: every core); ignored with an address
+    actors: int | None = None  # decomposition actors; None: one per GPU, else one per CPU of the cluster
+    mode: str = "actors"  # 'actors' (an ActorPool over chunks) or 'data' (Ray Data map_batches); see the module doc
+    threads: int | None = None  # torch threads per CPU actor; None: the cluster's CPUs shared among the actors
+
+
+class RaySession(contextlib.AbstractContextManager):
+    """A connection to Ray for one command: started (or joined) on enter, shut down on exit, whatever happened.
+
+    Where this process is already connected (a notebook's or a test's ``ray.init``), that connection is used and
+    left to its owner.
+    """
+
+    def __init__(self, opts: RayOptions = RayOptions()):
+        if opts.mode not in MODES:
+            raise InputError(f"unknown Ray mode {opts.mode!r}: choose one of {', '.join(MODES)}")
+        self.opts = opts
+        self.ray = None
+        self.owned = False
+        self.first_chunk_at: float | None = None  # seconds from compute_chunks' start to its first written chunk
+
+    def __enter__(self) -> RaySession:
+        ray = import_ray()
+        import logging
+
+        if ray.is_initialized():
+            self.ray = ray
+            return self
+
+        env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+               if k in os.environ}  # actors set up as the CLI sets itself up (precompute/runtime.py)
+        kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False,
+                                      runtime_env={"env_vars": env})
+        if self.opts.address is None:
+            kwargs |= dict(num_cpus=self.opts.num_cpus, include_dashboard=False)
+        try:
+            ray.init(address=self.opts.address, **kwargs)
+        except ConnectionError as e:
+            raise InputError(f"--ray-address {self.opts.address}: cannot reach a Ray cluster there ({e}); "
+                             "start one with `ray start --head`, or leave --ray-address out for a local one") from None
+        self.ray, self.owned = ray, True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.ray.shutdown()  # a local instance's processes go with it; a cluster keeps running
+        self.ray, self.owned = None, False
+
+    def resources(self) -> dict[str, float]:
+        return self.ray.cluster_resources()
+
+    def actor_shape(self, device: str) -> tuple[int, float, float, int]:
+        """(actors, CPUs and GPUs each asks for, torch threads each): one per GPU where the model runs on GPUs."""
+        res = self.resources()
+        cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+        on_gpu = device in ("auto", "cuda") and gpus > 0
+        default = gpus if on_gpu else max(1, cpus)
+        actors = self.opts.actors or default
+        threads = self.opts.threads or max(1, cpus // actors)
+        return actors, ACTOR_CPUS, (1.0 if on_gpu else 0.0), threads
+
+    def compute_chunks(self, loaded, layers, plan, chunks, run_dir: Path, opts) -> int:
+        """``stage_decompose.ComputeChunks`` on Ray: every unfinished chunk of the plan, computed and written."""
+        from tqdm.auto import tqdm
+
+        from precompute.stage_decompose import pending_chunks
+
+        bounds, todo = pending_chunks(plan, chunks)
+        if not todo:
+            return 0
+        ray = self.ray
+        actors, cpus, gpus, threads = self.actor_shape(loaded.spec.device)
+        actors = min(actors, len(todo))
+        shared = ray.put(_Shared(loaded.spec, list(layers), plan["images_root"], plan["paths"], plan["labels"],
+                                 bounds, str(run_dir), opts.batch_size, threads))
+        done = sum(hi - lo for c, (lo, hi) in enumerate(bounds) if c not in todo)
+        bar = tqdm(total=len(plan["paths"]), initial=done, unit="img", desc="decompose (ray)",
+                   disable=not opts.progress, dynamic_ncols=True)
+        self.first_chunk_at = None
+        t0 = time.perf_counter()
+        computed = skipped = 0
+        try:
+            runs = self._actors if self.opts.mode == "actors" else self._data
+            for stats in runs(shared, todo, actors, cpus, gpus):
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter() - t0
+                computed += stats["planned"]
+                skipped += stats["skipped"]
+                bar.update(stats["planned"])
+                bar.set_postfix(skipped=skipped, refresh=False)
+        except ray.exceptions.RayTaskError as e:
+            raise _unwrap(e) from None
+        finally:
+            bar.close()
+        return computed
+
+    def _actors(self, shared, todo: list[int], actors: int, cpus: float, gpus: float) -> Iterator[dict]:
+        """Plain actors over chunks: each actor takes the next chunk as soon as it is free."""
+        from ray.util import ActorPool
+
+        cls = self.ray.remote(ChunkWorker)
+        workers = [cls.options(num_cpus=cpus, num_gpus=gpus).remote(shared) for _ in range(actors)]
+        try:
+            yield from ActorPool(workers).map_unordered(lambda a, c: a.run.remote(c), todo)
+        finally:
+            for w in workers:
+                self.ray.kill(w)
+
+    def _data(self, shared, todo: list[int], actors: int, cpus: float, gpus: float) -> Iterator[dict]:
+        """Ray Data: one row per chunk, ``map_batches`` through a pool of the same stateful actors."""
+        import numpy as np
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items([{"chunk": c} for c in todo], override_num_blocks=len(todo))
+        out = ds.map_batches(_DataWorker, fn_constructor_args=(shared,), batch_size=1, num_cpus=cpus,
+                             num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
+        for row in out.iter_rows():
+            yield {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in row.items()}
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every actor needs, put in the object store once (the plan's paths can be millions of strings)."""
+
+    spec: Any  # registry.ModelSpec
+    layers: list[int]
+    root: str
+    paths: list[str]
+    labels: list
+    bounds: list[tuple[int, int]]
+    run_dir: str
+    batch_size: int
+    threads: int
+
+
+class ChunkWorker:
+    """A decomposition actor: the model and the Decomposer loaded once, then chunk after chunk decoded,
+    decomposed and written in the run's layout."""
+
+    def __init__(self, shared):
+        import ray
+        import torch
+
+        from precompute import registry, store
+        from precompute.decompose import Decomposer
+        from precompute.images import ImageFolderDataset, split_preprocess
+        from precompute.stage_decompose import STAGE
+
+        if isinstance(shared, ray.ObjectRef):  # Ray Data passes constructor arguments through unresolved
+            shared = ray.get(shared)
+        torch.set_num_threads(shared.threads)
+        self.shared = shared
+        self.loaded = registry.load_model(shared.spec)
+        self.device = next(self.loaded.model.parameters()).device
+        self.pixels = split_preprocess(self.loaded.preprocess)
+        self.decomposer = Decomposer(self.loaded.model, shared.layers)
+        self.dataset = ImageFolderDataset(shared.root, shared.paths, list(range(len(shared.paths))),
+                                          self.pixels.to_pixels)
+        self.chunks = store.ChunkStore(Path(shared.run_dir), STAGE)
+
+    def run(self, chunk: int) -> dict:
+        """Decode, decompose and write one chunk; its counts for the driver's progress."""
+        from precompute.images import collate
+        from precompute.stage_decompose import chunk_batches, decompose_chunk, write_chunk
+
+        s = self.shared
+        batches = (collate([self.dataset[i] for i in idx]) for idx in chunk_batches(s.bounds[chunk], s.batch_size))
+        result = decompose_chunk(batches, s.paths, s.labels, self.decomposer, self.pixels, self.device)
+        write_chunk(Path(s.run_dir), self.chunks, chunk, s.layers, result)
+        return {"chunk": chunk, "planned": result.planned, "skipped": len(result.skipped)}
+
+
+class _DataWorker(ChunkWorker):
+    """``ChunkWorker`` as Ray Data's callable class: a batch of chunk ids in, their counts out."""
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        stats = [self.run(int(c)) for c in batch["chunk"]]
+        return {k: np.array([st[k] for st in stats]) for k in ("chunk", "planned", "skipped")}
+
+
+def _unwrap(e: Exception) -> BaseException:
+    """An actor's domain or I/O error as the driver would have raised it (one line for the CLI), else as it is."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, (InterpretError, OSError)):
+        return cause
+    return e

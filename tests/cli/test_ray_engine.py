@@ -1,0 +1,161 @@
+"""`--engine ray` on a local Ray instance (2 CPUs, actors asking for half a CPU each): the same tables as the local
+engine, resume across engines after a SIGKILL, bad images skipped with their reason, and `run --models`.
+
+The instance is started once for the module and shut down in a ``finally``; the CLI commands run in this process
+use it (``engine_ray.RaySession`` joins a connection it finds and leaves it to its owner). The kill tests run the CLI
+in a process group of their own, which starts (and loses) its own instance; whatever of it outlives the kill is
+ended by that group's id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from precompute import schema, store
+from precompute.cli import app
+from tests.conftest import make_image_folder
+
+ray = pytest.importorskip("ray", reason="the Ray engine's tests need pip install -e '.[ray]' (.ci/run installs it)")
+
+runner = CliRunner()
+TINY = ["--model", "test-tiny", "--random-init", "--quiet", "--device", "cpu"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def tables(run: Path) -> dict[str, object]:
+    return {p.relative_to(run).as_posix(): pq.read_table(p) for p in sorted(run.rglob("*.parquet"))}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Every table equal (schema included) and the manifests' file records and images record equal."""
+    ta, tb = tables(a), tables(b)
+    assert ta.keys() == tb.keys() and len(ta) > 3
+    for name in ta:
+        assert ta[name].equals(tb[name], check_metadata=True), name
+    ma, mb = (json.loads((r / schema.MANIFEST).read_text()) for r in (a, b))
+    assert ma["files"] == mb["files"]  # sizes, row counts and sha256: byte-for-byte the same files
+    assert ma["images"] == mb["images"]
+
+
+def test_both_engines_write_the_same_tables(local_ray, tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=7, bad_files=False)
+    common = [*TINY, "--images", folder, "--chunk-size", 4, "--batch-size", 3]
+    invoke("decompose", *common, "--out", tmp_path / "local")
+    done = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray")
+    assert "14 images decomposed" in done.output
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+    manifest = json.loads((tmp_path / "ray" / schema.MANIFEST).read_text())
+    assert manifest["stages"]["decompose"]["done"] and manifest["stages"]["decompose"]["chunk_size"] == 4
+    assert not (tmp_path / "ray" / store.WORK_DIR).exists()
+    again = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray")
+    assert "already complete" in again.output
+
+
+def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engine_does(local_ray, tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=3, bad_files=False)
+    (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # in the middle of a chunk
+    common = [*TINY, "--images", folder, "--chunk-size", 3, "--batch-size", 2]
+    invoke("decompose", *common, "--out", tmp_path / "local")
+    done = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray")
+    assert "6 images decomposed, 1 skipped" in done.output
+    skipped = json.loads((tmp_path / "ray" / schema.MANIFEST).read_text())["images"]["skipped"]
+    assert len(skipped) == 1 and skipped[0]["path"] == "cat/broken.jpg"
+    assert "not a readable image" in skipped[0]["reason"]
+    assert_same_run(tmp_path / "local", tmp_path / "ray")  # the same reason, rows and parts as the local engine
+
+
+def test_models_file_runs_three_toy_models_as_three_separate_runs(local_ray, tmp_path):
+    probe = tmp_path / "probe"
+    invoke("toyworld", "images", "--n", 40, "--seed", 5, "--out", probe)
+    models = tmp_path / "models.csv"
+    models.write_text("model,pretrained,images,out\n" + "".join(
+        f"{m},,{probe},{tmp_path / 'many' / m}\n" for m in ("toy-s", "toy-m", "toy-l")))
+    done = invoke("run", "--models", models, "--engine", "ray", "--k", 6, "--quiet")
+    for m in ("toy-s", "toy-m", "toy-l"):
+        assert f"{m} -> {tmp_path / 'many' / m}" in done.output
+        invoke("run", "--model", m, "--images", probe, "--out", tmp_path / "one" / m, "--k", 6, "--quiet")
+        assert_same_run(tmp_path / "many" / m, tmp_path / "one" / m)
+        manifest = json.loads((tmp_path / "many" / m / schema.MANIFEST).read_text())
+        assert manifest["model"]["architecture"] == m and all(
+            manifest["stages"][s]["done"] for s in ("decompose", "textspan", "label", "score"))
+
+
+def _group(pgid: int) -> list[int]:
+    """Processes still alive in the process group ``pgid`` (what a killed driver's instance left)."""
+    alive = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getpgid(int(d.name)) == pgid:
+                    alive.append(int(d.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return alive
+
+
+def _rows_per_key(run: Path) -> tuple[int, int]:
+    rows = [r for p in store.all_head_files(run) for r in
+            zip([store.head_partition(p)] * pq.read_metadata(p).num_rows,
+                pq.read_table(p, columns=["image_id"]).column("image_id").to_pylist())]
+    return len(rows), len(set(rows))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed,resumed", [("ray", "local"), ("local", "ray")])
+def test_a_killed_driver_resumes_with_either_engine_to_one_row_per_image_layer_head(tmp_path, killed, resumed):
+    """SIGKILL `decompose` mid-run (3 chunks done), rerun with the other engine, compare with a clean local run."""
+    folder = make_image_folder(tmp_path / "imgs", per_class=60, size=(64, 64), bad_files=False)
+    args = ["decompose", *TINY, "--images", str(folder), "--chunk-size", "8", "--batch-size", "2", "--workers", "0"]
+    cmd = [sys.executable, "-m", "precompute.cli"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + args + ["--out", str(run), "--engine", killed], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        work = run / store.WORK_DIR / "decompose"
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list(work.glob("chunk-*/DONE"))) < 3:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        manifest = json.loads((run / schema.MANIFEST).read_text())
+        assert len(list(work.glob("chunk-*/DONE"))) < 15 and not manifest["stages"]["decompose"]["done"], \
+            "killed too late to test resume"
+        time.sleep(2)  # the dead driver's actors may finish a chunk they were writing: the rerun redoes it or keeps it
+    finally:
+        for pid in _group(proc.pid):  # Ray's agents outlive a killed driver for a minute or so
+            os.kill(pid, signal.SIGKILL)
+
+    done = subprocess.run(cmd + args + ["--out", str(run), "--engine", resumed], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    fresh = subprocess.run(cmd + args + ["--out", str(tmp_path / "fresh")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    assert _rows_per_key(run) == (120 * 3 * 4, 120 * 3 * 4)  # test-tiny: 3 layers x 4 heads, no duplicate rows
+    assert pq.read_table(run / schema.IMAGES_FILE).num_rows == 120
+    assert_same_run(run, tmp_path / "fresh")
