@@ -29,6 +29,7 @@ li = imagesource.live_image(ctx, bundle, q)
 maps = analysis.head_maps(li, state.text_embedding(bundle, text))  # [l, h, g, g]
 labels = data.head_labels(ctx.con, ctx.name).to_pandas()
 label_of = {(int(r.layer), int(r.head)): r.property for r in labels.itertuples()}
+widgets.stale_labels_note(ctx.name, labels)
 scale = overlay.symmetric_scale(maps)
 st.caption(f"Each map: one head's patch terms dotted with the normalised embedding of “{text}” (the "
            f"{li.grid}x{li.grid} patch grid, upsampled, on the crop the model saw); red writes toward the text, blue "

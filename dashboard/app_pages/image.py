@@ -34,6 +34,7 @@ bundle = None if q.is_dataset else imagesource.require_model(ctx, "an uploaded i
 li = imagesource.live_image(ctx, bundle, q) if bundle is not None else None
 labels = data.head_labels(ctx.con, ctx.name).to_pandas()
 label_of = {(int(r.layer), int(r.head)): r.property for r in labels.itertuples()}
+widgets.stale_labels_note(ctx.name, labels)
 rows = []
 with st.spinner("Reading every head's vectors ..."):
     for layer, head in [(l, h) for l in ctx.layers for h in range(ctx.heads)]:

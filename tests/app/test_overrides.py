@@ -188,3 +188,14 @@ def test_a_broken_corrections_file_names_its_line(team):
     at = open_page("head", run="team", layer=3, head=1)
     assert "line 2: head 'one' is not an integer" in " ".join(e.value for e in at.error)
     assert not at.exception
+
+
+def test_the_all_heads_grid_titles_a_corrected_head_and_says_its_scores_are_stale(runs_dir, tmp_path, monkeypatch):
+    shutil.copytree(runs_dir / "tiny", tmp_path / "tiny")
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path))
+    overrides.append_correction(tmp_path / "tiny" / schema.LABEL_OVERRIDES_FILE, 0, 1, "noise", "ana")
+    image_id = int(data.image_meta(data.connect(tmp_path), "tiny").column("image_id")[0].as_py())
+    at = open_page("head_grid", run="tiny", img=image_id, t="a photo")
+    no_exceptions(at)
+    assert "L0.H1 · noise" in [c for img in at.image for c in img.captions]
+    assert "corrected label L0.H1 → noise, shown at once" in all_text(at)
