@@ -214,3 +214,20 @@ def test_the_image_page_shows_attributes_and_strongest_heads(many, tmp_path):
         expected[f"L{layer}.H{head}"] = np.linalg.norm(centred[row]) / np.sqrt(np.mean(np.sum(centred ** 2, 1)))
     assert dict(zip(heads["head"], heads["strength"])) == pytest.approx(expected, abs=1e-2)
     assert list(heads["strength"]) == sorted(heads["strength"], reverse=True)
+
+
+def test_an_uploaded_image_gets_the_same_strongest_heads_as_its_dataset_copy(app, con):
+    manifest = json.loads(data.run_info(con, "tiny")["manifest"])
+    meta = data.image_meta(con, "tiny").to_pandas()
+    image_id, rel = int(meta["image_id"][2]), meta["path"][2]
+    stored = app("image", run="tiny", img=image_id)
+    no_exceptions(stored)
+    expected = stored.dataframe[-1].value.set_index("head")["strength"]
+    at = app("image", run="tiny")
+    widget(at, "radio", "image.src").set_value("upload").run()
+    at.file_uploader[0].set_value((Path(rel).name, (Path(manifest["images"]["root"]) / rel).read_bytes(),
+                                   "image/png")).run()
+    no_exceptions(at)
+    live = at.dataframe[-1].value.set_index("head")["strength"]  # no attributes table for an upload
+    assert live.to_dict() == pytest.approx(expected.to_dict(), abs=1e-2)
+    assert len([img for img in at.image if img.captions and img.captions[0].startswith("L")]) == 1  # its maps
