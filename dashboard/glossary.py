@@ -50,6 +50,7 @@ TERMS: dict[str, Term] = {
     "n_properties": Term("Properties", "Distinct property labels among the heads.", "%d"),
     "score": Term("Score", "The similarity this analysis ranks by (its caption says which).", "%.4g"),
     "similarity": Term("Similarity", "How the neighbours were ranked.", None),
+    "property": Term("Property", "The head's label: the property its TEXTSPAN texts share (or a correction).", None),
     "labeller": Term("Labelled by", "Which labeller named the head: the pool's property tags, an LLM, or a "
                      "person's correction.", None),
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, imagesource, overlay, state, urlstate
+from dashboard import charts, data, glossary, imagesource, overlay, state, urlstate
 from dashboard.widgets import (PAGES, RunContext, coverage_note, download_csv, fail, image_link, repair_hint,
                                stage_hint, thumbnail_grid)
 from precompute import analysis, overrides, schema
@@ -206,7 +206,8 @@ def scores_section(ctx: RunContext, label: dict | None, scores: dict | None) -> 
         st.info(stage_hint(ctx, "score") or "No scores for this head.")
         return
     values = {k: v for k, v in scores.items() if k not in ("layer", "head")}
-    table = pd.DataFrame({"score": list(values), "value": [_fmt(v) for v in values.values()]})
+    table = pd.DataFrame({"score": [glossary.title(k) for k in values], "value": [_fmt(v) for v in values.values()],
+                          "meaning": [glossary.help_text(k) or "" for k in values]})
     st.dataframe(table, hide_index=True, width="stretch")
     if label is not None and scores.get("property") != label["property"]:
         st.caption(f"**Stale:** these scores are of the label **{scores.get('property')}**; the head is now "

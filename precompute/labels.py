@@ -14,7 +14,6 @@ Three labellers, in increasing precedence:
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections import Counter
 from contextlib import contextmanager
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from precompute.errors import InputError
-from precompute.store import write_bytes_atomic
 
 MIXED = "mixed"  # the property of a head whose texts share none
 OVERRIDE_COLUMNS = ("layer", "head", "property", "author", "note")
@@ -153,37 +151,6 @@ def apply_overrides(
         provenance.update({k: v for k, v in (("author", override.author), ("note", override.note)) if v})
         out.append(HeadLabel(label.layer, label.head, override.property, "manual", provenance))
     return out
-
-
-def write_override(
-    path: str | Path, layer: int, head: int, property: str, author: str | None = None, note: str | None = None
-) -> None:
-    """Add or replace the override row of one head, atomically (temp file + rename, under a lock)."""
-    path = Path(path)
-    prop = (property or "").strip()
-    if not prop:
-        raise InputError("an override needs a non-empty property")
-    if int(layer) < 0 or int(head) < 0:
-        raise InputError(f"layer={layer}, head={head}: both must be >= 0")
-    new = {"layer": str(int(layer)), "head": str(int(head)), "property": prop, "author": author or "", "note": note or ""}
-    with _locked(path):
-        rows = [row for _, row in _read_rows(path)] if path.exists() else []
-        columns = list(OVERRIDE_COLUMNS) + [c for c in (rows[0].keys() if rows else []) if c not in OVERRIDE_COLUMNS]
-        kept, replaced = [], False
-        for row in rows:
-            if (row["layer"].strip(), row["head"].strip()) == (new["layer"], new["head"]):
-                if not replaced:
-                    kept.append({**row, **new})
-                replaced = True
-            else:
-                kept.append(row)
-        if not replaced:
-            kept.append(new)
-        buf = io.StringIO(newline="")
-        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({c: row.get(c) or "" for c in columns} for row in kept)
-        write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict]]:

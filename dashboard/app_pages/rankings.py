@@ -40,6 +40,8 @@ st.caption("One cell per head, coloured and titled by its property label (grey Â
            "association and top texts. Click a cell to open the head.")
 overviews = {n: t.to_pandas() for n, t in widgets.each_run(cat, data.head_overview).items()}
 labelled = {n: f for n, f in overviews.items() if not f.empty}
+for name, frame in labelled.items():
+    widgets.stale_labels_note(name, frame)  # corrected since `score` ran: the grid shows the correction already
 domain, colours = charts.property_colours(p for f in labelled.values() for p in f["property"])
 for name, frame in labelled.items():
     grid = charts.head_grid(frame, f"{name} Â· {cat.runs[name]['architecture']}", domain, colours)

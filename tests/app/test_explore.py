@@ -92,7 +92,8 @@ def test_a_head_permalink_shows_its_label_texts_scores_and_top_images(app, con, 
     assert (shown.value, shown.max) == (5, len(picks))  # 5 by default, up to all stored
     scores = at.dataframe[0].value.set_index("score")["value"]
     stored = data.head_scores(con, "tiny").to_pandas().query("layer == 2 and head == 1").iloc[0]
-    assert scores["variance_top5"] == f"{stored['variance_top5']:.4g}"
+    assert scores["Variance explained, top 5"] == f"{stored['variance_top5']:.4g}"  # named by the glossary
+    assert not any("_" in name for name in scores.index)  # no raw column names
     # top images: the largest r . t for the head's top text t
     ids, vectors = data.head_vectors(con, "tiny", 2, 1)
     pool = data.texts(con, "tiny")

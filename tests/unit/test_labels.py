@@ -20,7 +20,6 @@ from precompute.labels import (
     label_pool,
     load_overrides,
     pool_vote,
-    write_override,
 )
 from precompute.labels_llm import DEFAULT_EXAMPLES, build_messages, label_llm, llm_config, load_examples, prompt_sha256
 
@@ -239,10 +238,7 @@ def test_shipped_examples_and_prompt():
 
 def test_overrides_round_trip_and_apply(tmp_path):
     path = tmp_path / "overrides.csv"
-    write_override(path, 10, 2, "location", author="ana", note="texts are all cities")
-    write_override(path, 11, 0, "shape")
-    write_override(path, 10, 2, "size", author="bo")  # replaces the first row
-    assert path.read_text().splitlines()[0] == "layer,head,property,author,note"
+    path.write_text("layer,head,property,author,note\n10,2,size,bo,\n11,0,shape,,\n")
     overrides = load_overrides(path)
     assert overrides == {(10, 2): Override("size", "bo", None), (11, 0): Override("shape")}
     labels = [POOL_LABEL, HeadLabel(11, 1, "colour", "pool", {"labeller": "pool"})]
@@ -280,18 +276,6 @@ def test_overrides_errors(tmp_path, text, needle):
     with pytest.raises(InputError) as info:
         load_overrides(path)
     assert needle in str(info.value)
-
-
-def test_write_override_keeps_other_rows_and_columns(tmp_path):
-    path = tmp_path / "o.csv"
-    path.write_text("layer,head,property,reviewed\n9,1,colour,yes\n9,2,shape,no\n")
-    write_override(path, 9, 2, "size", note="bigger objects")
-    rows = path.read_text().splitlines()
-    assert rows[0] == "layer,head,property,author,note,reviewed"
-    assert rows[1:] == ["9,1,colour,,,yes", "9,2,size,,bigger objects,no"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.csv.")]  # no temp file left
-    with pytest.raises(InputError, match="non-empty"):
-        write_override(path, 9, 3, "  ")
 
 
 def test_llm_reply_echoing_the_key_is_redacted_in_provenance(server):
