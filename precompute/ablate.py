@@ -126,7 +126,7 @@ def block_totals(embeddings: np.ndarray, centred: np.ndarray, clf: Classifier, r
     base = e @ clf.weights.T  # [b, c]
     delta = np.einsum("hbd,cd->hbc", c, clf.weights, optimize=True)  # [H, b, c]: what each head adds
     dots = np.einsum("hbd,bd->hb", c, e).astype(np.float64)  # [H, b]: e . c_h
-    gram = np.einsum("hbd,gbd->bhg", c, c, optimize=True).astype(np.float64)  # [b, H, H]: c_h . c_g
+    gram = np.matmul(c.transpose(1, 0, 2), c.transpose(1, 2, 0)).astype(np.float64)  # [b, H, H]: c_h . c_g
     norm2 = np.einsum("bd,bd->b", e, e).astype(np.float64)  # [b]
 
     ablations = [[h] for h in range(heads)] + [list(g) for g in groups]
@@ -135,14 +135,22 @@ def block_totals(embeddings: np.ndarray, centred: np.ndarray, clf: Classifier, r
     out.intact = clf.correct(base, rows)
     out.scored = (clf.labels[:, rows] >= 0).sum(1)
     scores = np.empty_like(base)
+    held: set[int] = set()  # the heads ``scores`` has subtracted: a group that contains them only adds the rest
     for a, members in enumerate(ablations):
-        np.subtract(base, delta[members[0]], out=scores)
-        for h in members[1:]:
-            scores -= delta[h]  # [b, c]: e' W^T = e W^T - sum_G c_h W^T
+        if not held <= set(members):
+            held = set()
+        if not held:
+            scores[:] = base
+        for h in members:
+            if h not in held:
+                scores -= delta[h]  # [b, c]: e' W^T = e W^T - sum_G c_h W^T
+        held = set(members)
         out.correct[a] = clf.correct(scores, rows)
-        idx = np.asarray(members)
-        along = norm2 - dots[idx].sum(0)  # [b]: e'.e
-        length2 = norm2 - 2 * dots[idx].sum(0) + gram[:, idx][:, :, idx].sum((1, 2))  # [b]: |e'|^2
+        mask = np.zeros(heads)  # [H]: 1 on the group's heads
+        mask[list(members)] = 1.0
+        shift = mask @ dots  # [b]: e . sum_G c_h
+        along = norm2 - shift  # [b]: e'.e
+        length2 = norm2 - 2 * shift + (gram @ mask) @ mask  # [b]: |e'|^2
         out.cosine[a] = float(np.sum(along / np.sqrt(np.maximum(length2 * norm2, 1e-30))))
     return out
 
@@ -157,12 +165,19 @@ def ablated(embeddings: np.ndarray, vectors: np.ndarray, means: np.ndarray, memb
                                                  - np.asarray(means, np.float64)[idx][:, None]).sum(0)
 
 
-def random_groups(heads: int, size: int, repeats: int, seed: int) -> list[list[int]]:
-    """``repeats`` sets of ``size`` distinct heads out of ``heads``; set r depends only on (seed, size, r)."""
-    if not 0 < size <= heads:
-        raise InputError(f"a random group of {size} heads out of {heads} is impossible")
-    return [sorted(int(h) for h in np.random.default_rng([seed, size, r]).choice(heads, size, replace=False))
-            for r in range(repeats)]
+def random_groups(heads: int, sizes: Sequence[int], repeats: int, seed: int) -> list[list[list[int]]]:
+    """For each of ``repeats`` seeded random orders of the heads, its first k heads for every k in ``sizes``.
+
+    Each set is a uniform random set of its size; the sets of one repeat are nested (a random pruning curve),
+    so ablating them in order costs only the heads each adds. Repeat r depends only on (seed, heads, r).
+    """
+    if any(not 0 < k <= heads for k in sizes):
+        raise InputError(f"random groups of {sorted(sizes)} heads out of {heads}: every size must be in 1..{heads}")
+    out = []
+    for r in range(repeats):
+        order = np.random.default_rng([seed, heads, r]).permutation(heads)
+        out.append([sorted(int(h) for h in order[:k]) for k in sorted(sizes)])
+    return out
 
 
 def consistency_order(ccs: Sequence[float | None], seed: int) -> list[int]:

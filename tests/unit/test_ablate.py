@@ -137,15 +137,19 @@ def test_forward_ablation_with_each_images_own_output_as_the_mean_is_the_identit
     assert torch.allclose(ablator.embed(x, (1, 2)), ablator.embed(x), atol=1e-5)
 
 
-def test_random_groups_are_seeded_reproducible_and_distinct():
-    first = ablate.random_groups(12, 3, 5, seed=7)
-    assert first == ablate.random_groups(12, 3, 5, seed=7)
-    assert first[:2] == ablate.random_groups(12, 3, 2, seed=7)  # set r does not depend on how many are drawn
-    assert first != ablate.random_groups(12, 3, 5, seed=8)
-    assert all(len(set(g)) == 3 and all(0 <= h < 12 for h in g) for g in first)
-    assert len({tuple(g) for g in first}) > 1
-    with pytest.raises(InputError, match="impossible"):
-        ablate.random_groups(4, 5, 1, 0)
+def test_random_groups_are_seeded_reproducible_nested_and_distinct():
+    first = ablate.random_groups(12, [2, 5], 6, seed=7)
+    assert first == ablate.random_groups(12, [5, 2], 6, seed=7)
+    assert first[:2] == ablate.random_groups(12, [2, 5], 2, seed=7)  # repeat r does not depend on how many
+    assert first != ablate.random_groups(12, [2, 5], 6, seed=8)
+    for small, large in first:
+        assert len(set(small)) == 2 and len(set(large)) == 5 and set(small) <= set(large)
+        assert all(0 <= h < 12 for h in large)
+    assert len({tuple(large) for _, large in first}) > 1
+    counts = np.bincount([h for rep in ablate.random_groups(12, [3], 600, seed=0) for h in rep[0]], minlength=12)
+    assert counts.min() > 100 and counts.max() < 200  # every head about equally often: 600 x 3 / 12 = 150
+    with pytest.raises(InputError, match="every size must be in 1..4"):
+        ablate.random_groups(4, [5], 1, 0)
 
 
 def test_consistency_order_puts_consistent_heads_first_and_breaks_ties_by_seed():
