@@ -23,6 +23,7 @@ from precompute import schema, store
 from precompute.errors import InputError, RunDirError
 
 MAX_DEPTH = 3
+CORRECTIONS_VIEW = "label_overrides"  # the run's label_overrides.csv: the history of label corrections
 ATTRIBUTES_VIEW = "attributes"  # the probe set's attributes.parquet, read long: (image_id, attribute, value)
 # view name -> its first vector column, for the tables that have one (the run's width d is read from it)
 VECTOR_COLUMNS = {
@@ -42,6 +43,9 @@ class Run:
     dim: int | None  # vector width d; None when no vector table tells it
     tables: Mapping[str, tuple[str, ...]]  # view name -> absolute Parquet files
     stamp: tuple[int, int]  # manifest (mtime_ns, size): a rewritten manifest is a changed run
+    corrections: tuple[int, int] | None = None  # label_overrides.csv (mtime_ns, size): a new correction changes
+    # what the label views show, so it changes the Discovery (the SQL sandbox is rebuilt), not the run's stamp
+    # (the head matrices cached under it stay valid)
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,11 @@ class Discovery:
     runs: tuple[Run, ...]
     problems: tuple[tuple[str, str], ...] = field(default=())  # (path, message)
     skipped: Mapping[str, str] = field(default_factory=dict)  # name of a folder with an unusable manifest -> why
+    matches: tuple[str, ...] = ()  # head_matches files of `clip-interpret compare` under <data_dir>/_compare
 
     def files(self) -> list[str]:
-        """Every Parquet file a view reads."""
-        return [f for run in self.runs for files in run.tables.values() for f in files]
+        """Every file a view reads (Parquet, and the label corrections' CSV)."""
+        return [f for run in self.runs for files in run.tables.values() for f in files] + list(self.matches)
 
 
 def discover_runs(data_dir: str | os.PathLike) -> Discovery:
@@ -71,7 +76,10 @@ def discover_runs(data_dir: str | os.PathLike) -> Discovery:
             runs.append(run)
         else:
             skipped[_run_name(root, folder)] = run_problems[0][1]
-    return Discovery(root, tuple(runs), tuple(problems), skipped)
+    compared = os.path.join(root, schema.COMPARE_DIR)
+    matches = tuple(sorted(e.path for e in os.scandir(compared) if e.name.startswith("head_matches-")
+                           and e.name.endswith(".parquet") and e.is_file())) if os.path.isdir(compared) else ()
+    return Discovery(root, tuple(runs), tuple(problems), skipped, matches)
 
 
 def _skipped(name: str) -> bool:
@@ -113,16 +121,28 @@ def _load_run(root: str, folder: str) -> tuple[Run | None, list[tuple[str, str]]
     if attributes is not None and "images" in tables:
         tables[ATTRIBUTES_VIEW] = (str(attributes),)
     dim, problems = _run_dim(manifest_path, manifest, tables)
-    run = Run(_run_name(root, folder), folder, manifest, dim, tables, (st.st_mtime_ns, st.st_size))
+    run = Run(_run_name(root, folder), folder, manifest, dim, tables, (st.st_mtime_ns, st.st_size),
+              _file_stamp(tables.get(CORRECTIONS_VIEW)))
     return run, problems
+
+
+def _file_stamp(files: tuple[str, ...] | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(files[0]) if files else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st else None
 
 
 def _table_files(folder: str) -> dict[str, tuple[str, ...]]:
     tables = {}
-    for file_name in schema.TABLES:
+    for file_name in schema.RUN_TABLES:  # the opt-in ablate stage's tables too
         path = os.path.join(folder, file_name)
         if os.path.isfile(path):
             tables[file_name.removesuffix(".parquet")] = (path,)
+    corrections = os.path.join(folder, schema.LABEL_OVERRIDES_FILE)
+    if os.path.isfile(corrections):  # read through precompute.overrides, not as Parquet; listed so a change shows
+        tables[CORRECTIONS_VIEW] = (corrections,)
     heads = tuple(str(p) for p in store.all_head_files(folder))
     if heads:
         tables[schema.HEAD_VECTORS_DIR] = heads

@@ -15,6 +15,11 @@ Main schema
                    ``head_vectors`` is (run, image_id, layer, head, vector), layer and
                    head read from the hive folders. A table no run has is still a view,
                    with the same columns and no rows.
+    head_labels    the label stage's labels with the run's label corrections applied (as
+                   every page shows them), plus stored_property, label_source, stale
+    label_overrides
+                   run, layer, head, property, author, note, time, line: every correction
+                   of the run's label_overrides.csv, in file order (the latest per head wins)
     attributes     run, image_id, attribute, value: the ground truth of the run's probe
                    set (its folder's ``attributes.parquet``, as the toy world writes), one
                    row per image and attribute, values as text; empty for a probe set
@@ -56,18 +61,29 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashboard.rundirs import ATTRIBUTES_VIEW, VECTOR_COLUMNS, Discovery, Run, get
-from precompute import schema, store, weights
+from dashboard.rundirs import ATTRIBUTES_VIEW, CORRECTIONS_VIEW, VECTOR_COLUMNS, Discovery, Run, get
+from precompute import overrides, schema, store, weights
+from precompute.errors import InterpretError
 
 # The probe set's ground truth, long: one row per (image, attribute); the file's columns vary by probe set.
 ATTRIBUTES = pa.schema([("image_id", pa.int64()), ("attribute", pa.string()), ("value", pa.string())])
 ATTRIBUTE_SKIP = ("path", "image_id")  # columns of attributes.parquet that are keys, not attributes
 
+# The labels as every page shows them: the label stage's, with the run's corrections applied at read time
+# (precompute.overrides.apply_to_labels adds these three columns); and the corrections' history itself.
+HEAD_LABELS_VIEW = schema.HEAD_LABELS_FILE.removesuffix(".parquet")
+CORRECTED_LABELS = pa.schema(list(schema.HEAD_LABELS) + [
+    pa.field("stored_property", pa.string()), pa.field("label_source", pa.string()), pa.field("stale", pa.bool_())])
+CORRECTIONS = pa.schema([("layer", pa.int32()), ("head", pa.int32()), ("property", pa.string()),
+                         ("author", pa.string()), ("note", pa.string()), ("time", pa.string()), ("line", pa.int64())])
+
 # View name -> Arrow schema, in the order views are created and listed.
 VIEW_SCHEMAS: dict[str, pa.Schema] = {
-    **{name.removesuffix(".parquet"): s for name, s in schema.TABLES.items()},
+    **{name.removesuffix(".parquet"): s for name, s in schema.RUN_TABLES.items()},
+    HEAD_LABELS_VIEW: CORRECTED_LABELS,
     schema.HEAD_VECTORS_DIR: schema.HEAD_VECTORS,
     ATTRIBUTES_VIEW: ATTRIBUTES,
+    CORRECTIONS_VIEW: CORRECTIONS,
 }
 
 _DUCK_TYPES = {
@@ -202,6 +218,25 @@ def create_views(con: duckdb.DuckDBPyConnection, found: Discovery) -> None:
     files = [file_row(run, view, path) for run in found.runs for view, paths in run.tables.items() for path in paths]
     if files:
         con.executemany(INSERT_FILE_SQL, files)
+    con.execute(f"CREATE VIEW {ident(schema.HEAD_MATCHES_VIEW)} AS {matches_view_sql(con, found)}")
+
+
+def matches_view_sql(con: duckdb.DuckDBPyConnection, found: Discovery) -> str:
+    """``head_matches``: every pair of runs `clip-interpret compare` matched (HEAD_MATCHES), across the data
+    folder rather than per run; empty, with the same columns, when there is none."""
+    columns = ", ".join(f"CAST({ident(f.name)} AS {duck_type(f.type, None)}) AS {ident(f.name)}"
+                        for f in schema.HEAD_MATCHES)
+    if found.matches:
+        select = (f"SELECT {columns} FROM read_parquet([{', '.join(literal(p) for p in found.matches)}], "
+                  "hive_partitioning = false)")
+        try:
+            con.execute(f"DESCRIBE {select}").fetchall()
+            return select
+        except duckdb.Error as e:
+            con.execute(INSERT_PROBLEM_SQL, (os.path.join(found.data_dir, schema.COMPARE_DIR),
+                                             f"cannot read head_matches: {str(e).splitlines()[0]}"))
+    return "SELECT " + ", ".join(f"CAST(NULL AS {duck_type(f.type, None)}) AS {ident(f.name)}"
+                                 for f in schema.HEAD_MATCHES) + " LIMIT 0"
 
 
 def file_row(run: Run, view: str, path: str) -> tuple:
@@ -211,10 +246,35 @@ def file_row(run: Run, view: str, path: str) -> tuple:
     return run.name, view, layer, head, path
 
 
+def computed_select(con: duckdb.DuckDBPyConnection, run: Run, view: str) -> str:
+    """A SELECT over an Arrow table computed here and registered in ``con``: the run's labels with its
+    corrections applied (``overrides.apply_to_labels``, the function every page reads labels through), or the
+    corrections' history. It is copied into an in-memory table of ``_catalog``, which the locked-down SQL sandbox
+    reads too (no file access needed)."""
+    corrections = os.path.join(run.path, schema.LABEL_OVERRIDES_FILE)
+    if view == HEAD_LABELS_VIEW:
+        stored = pq.read_table(run.tables[view][0]).cast(schema.HEAD_LABELS)
+        table = overrides.apply_to_labels(stored, corrections).cast(CORRECTED_LABELS)
+    else:
+        rows = [vars(c) for c in overrides.read_history(corrections)]
+        table = pa.Table.from_pylist(rows, schema=CORRECTIONS) if rows else CORRECTIONS.empty_table()
+    name = f"_{view}_{abs(hash(run.path)):x}"
+    con.register("_incoming", table)  # a registration is per connection: copy it into a table every cursor sees
+    con.execute(f"CREATE OR REPLACE TABLE _catalog.{ident(name)} AS SELECT * FROM _incoming")
+    con.unregister("_incoming")
+    return f"SELECT * FROM _catalog.{ident(name)}"
+
+
 def readable_selects(con: duckdb.DuckDBPyConnection, run: Run, problems: list) -> dict[str, str]:
     """view -> SELECT for each table the run has whose files DuckDB can bind; the others become problems."""
     selects = {}
     for view in run.tables:
+        if view in (HEAD_LABELS_VIEW, CORRECTIONS_VIEW):
+            try:
+                selects[view] = computed_select(con, run, view)
+            except (OSError, pa.ArrowException, InterpretError) as e:
+                problems.append((os.path.join(run.path, view), f"cannot read {view}: {str(e).splitlines()[0]}"))
+            continue
         select = run_view_sql(run, view)
         try:
             con.execute(f"DESCRIBE {select}").fetchall()  # binds: reads the first file's footer, no data

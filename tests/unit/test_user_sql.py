@@ -262,3 +262,21 @@ def test_the_attributes_view_holds_the_probe_sets_ground_truth_by_image_id(mixed
     per_run = run_user_sql('SELECT count(*) AS n FROM "wide".attributes', mixed_dir).to_pylist()
     assert per_run == [{"n": 18}]
     assert run_user_sql('SELECT count(*) AS n FROM "narrow".attributes', mixed_dir).to_pylist() == [{"n": 0}]
+
+
+def test_sql_head_labels_show_a_correction_at_once_and_its_history(tmp_path):
+    from precompute import overrides, schema
+
+    make_run(tmp_path, "toy", seed=1)
+    before = run_user_sql("SELECT layer, head, property FROM head_labels ORDER BY ALL", tmp_path).to_pylist()
+    target = before[0]
+    overrides.append_correction(tmp_path / "toy" / schema.LABEL_OVERRIDES_FILE, target["layer"], target["head"],
+                                "pattern", author="ana", note="stripes")
+    rows = run_user_sql("SELECT layer, head, property, stored_property, label_source, stale, association "
+                        "FROM head_labels ORDER BY layer, head", tmp_path).to_pylist()
+    assert rows[0]["property"] == "pattern" and rows[0]["stored_property"] == target["property"]
+    assert rows[0]["label_source"] == "override" and rows[0]["stale"] == (target["property"] != "pattern")
+    assert [r["property"] for r in rows[1:]] == [r["property"] for r in before[1:]]
+    history = run_user_sql("SELECT run, layer, head, property, author, note FROM label_overrides", tmp_path)
+    assert history.to_pylist() == [{"run": "toy", "layer": target["layer"], "head": target["head"],
+                                     "property": "pattern", "author": "ana", "note": "stripes"}]
