@@ -112,23 +112,40 @@ def check_similarity(name: str) -> str:
 def products(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """vectors [n, d] @ queries.T for queries [c, d], float32 [n, c], accumulated in float32.
 
-    float16 rows are widened _PRODUCT_BLOCK at a time (never all at once): unlike ``matvec``'s half kernel,
-    whose result is rounded to float16, this keeps the cancellation in |v - mu| harmless.
+    float16 rows are widened _PRODUCT_BLOCK at a time into one reused float32 buffer (never all at once):
+    unlike ``matvec``'s half kernel, whose result is rounded to float16, this keeps the cancellation in
+    |v - mu| harmless. benchmarks/analysis_quality.py --speed measures it (no growth of the peak RSS).
     """
-    queries = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)).T  # [d, c]
-    tv = torch.from_dlpack(np.ascontiguousarray(vectors))  # no copy
-    if tv.dtype == torch.float32:
-        return (tv @ queries).numpy()  # [n, c]
-    blocks = [tv[i:i + _PRODUCT_BLOCK].float() @ queries for i in range(0, len(tv), _PRODUCT_BLOCK)]
-    return (torch.cat(blocks) if blocks else torch.zeros(0, queries.shape[1])).numpy()  # [n, c]
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32).T  # [d, c]
+    if vectors.dtype != np.float16:
+        return np.asarray(vectors, np.float32) @ queries  # [n, c]
+    out = np.empty((len(vectors), queries.shape[1]), np.float32)  # [n, c]
+    buf = np.empty((min(_PRODUCT_BLOCK, len(vectors)), vectors.shape[1]), np.float32)  # [block, d]
+    for i in range(0, len(vectors), _PRODUCT_BLOCK):
+        block = buf[:min(_PRODUCT_BLOCK, len(vectors) - i)]
+        block[...] = vectors[i:i + len(block)]  # widened in place
+        np.matmul(block, queries, out=out[i:i + len(block)])
+    return out
 
 
 _PRODUCT_BLOCK = 4096  # rows widened to float32 at a time: [4096, d] float32 is 8 MB at d = 512
 
 
+def centred_norms(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """|v_i - mu| for each row, float32 [n], exact up to float32 (rows widened and centred in blocks)."""
+    mean = np.asarray(mean, np.float32).reshape(-1)  # [D]
+    out = np.empty(len(vectors), np.float32)  # [n]
+    buf = np.empty((min(_PRODUCT_BLOCK, len(vectors)), vectors.shape[1]), np.float32)  # [block, D]
+    for i in range(0, len(vectors), _PRODUCT_BLOCK):
+        block = buf[:min(_PRODUCT_BLOCK, len(vectors) - i)]
+        np.subtract(vectors[i:i + len(block)], mean, out=block)  # [block, D]
+        out[i:i + len(block)] = np.sqrt(np.einsum("nd,nd->n", block, block))
+    return out
+
+
 def neighbour_scores(query: np.ndarray, vectors: np.ndarray, similarity: str = DEFAULT_SIMILARITY, *,
                      norms: np.ndarray | None = None, mean: np.ndarray | None = None,
-                     text: bool = False) -> np.ndarray:
+                     centred: np.ndarray | None = None, text: bool = False) -> np.ndarray:
     """Scores [n] of every row v of ``vectors`` [n, D] against ``query`` q [D] (docs/design.md section 5.2).
 
     - ``dot``: v . q (the paper's score);
@@ -138,10 +155,11 @@ def neighbour_scores(query: np.ndarray, vectors: np.ndarray, similarity: str = D
       a direction, not a draw from the head's outputs: subtracting the head's mean from it would not remove
       a constant part it never had).
 
-    ``norms`` [n] are |v| (``row_norms``); the centred norms follow from |v - mu|^2 = |v|^2 - 2 v.mu + |mu|^2
-    with v.mu from the same pass as v.q (``products``), so no [n, D] float32 temporary is made. The float32
-    norms' rounding makes that difference exact to about 1e-7 (|v| / |v - mu|)^2 relative: 1e-5 at a constant
-    part ten times the deviations (the toy runs' deviations are 0.4 to 1 times |v|).
+    ``norms`` [n] are |v| (``row_norms``) and ``centred`` [n] are |v - mu| (``centred_norms``), computed once
+    per matrix. Then every similarity costs one ``matvec`` (float16 rows: torch's half kernel, scores within
+    1e-3 |v| |q| of float32; centred scores within 1e-3 |v| / |v - mu| of the exact cosine). Without
+    ``centred``, v . (q - mu) and v . mu come from one float32 pass (``products``) and the centred norms from
+    |v - mu|^2 = |v|^2 - 2 v.mu + |mu|^2; no [n, D] float32 temporary either way.
     """
     check_similarity(similarity)
     query = np.asarray(query, dtype=np.float32).reshape(-1)  # [D]
@@ -150,26 +168,32 @@ def neighbour_scores(query: np.ndarray, vectors: np.ndarray, similarity: str = D
                          f"{vectors.shape}; the run and the model must have the same output width")
     if similarity == "dot":
         return matvec(vectors, query)  # [n]
-    norms = row_norms(vectors) if norms is None else np.asarray(norms, np.float32)  # [n]
     if similarity == "cosine":
-        return products(vectors, query)[:, 0] / np.maximum(norms * np.linalg.norm(query), 1e-12)
+        norms = row_norms(vectors) if norms is None else np.asarray(norms, np.float32)  # [n]
+        return matvec(vectors, query) / np.maximum(norms * np.linalg.norm(query), 1e-12)
     mean = vectors.mean(0, dtype=np.float32) if mean is None else np.asarray(mean, np.float32).reshape(-1)  # [D]
     q = query if text else query - mean  # [D]
-    vq, vmu = products(vectors, np.stack([q, mean])).T  # [n] each
-    mu2 = float(mean.astype(np.float64) @ mean)
-    centred_norms = np.sqrt(np.maximum(norms.astype(np.float64) ** 2 - 2.0 * vmu + mu2, 0.0))  # [n]
+    if centred is not None:
+        vq = matvec(vectors, q)  # [n]
+    else:
+        norms = row_norms(vectors) if norms is None else np.asarray(norms, np.float32)  # [n]
+        vq, vmu = products(vectors, np.stack([q, mean])).T  # [n] each
+        centred = np.sqrt(np.maximum(norms.astype(np.float64) ** 2 - 2.0 * vmu + float(mean.astype(np.float64) @ mean),
+                                     0.0))  # [n]; exact to ~1e-7 (|v| / |v - mu|)^2 relative (float32 norms)
     dots = vq - float(mean @ q)  # (v - mu) . q
-    return np.clip(dots / np.maximum(centred_norms * np.linalg.norm(q), 1e-12), -1.0, 1.0).astype(np.float32)
+    return np.clip(dots / np.maximum(centred * np.linalg.norm(q), 1e-12), -1.0, 1.0).astype(np.float32)
 
 
 def neighbours(m, query: np.ndarray, k: int, similarity: str = DEFAULT_SIMILARITY, *, exclude: int | None = None,
                text: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image ids [k], scores [k]) of the k rows of ``m`` closest to ``query``, best first (analyses 1, 4, 5).
 
-    ``m`` holds ``ids`` [n], ``vectors`` [n, D], ``norms`` [n] and ``mean`` [D] (``HeadVectors``, or the
-    dashboard's cached ``HeadMatrix``); ``exclude`` is a row left out (the query image itself).
+    ``m`` holds ``ids`` [n], ``vectors`` [n, D], ``norms`` [n] and ``mean`` [D], and ``centred`` [n] where it
+    keeps them (``HeadVectors``, or the dashboard's cached ``HeadMatrix``); ``exclude`` is a row left out
+    (the query image itself).
     """
-    scores = neighbour_scores(query, m.vectors, similarity, norms=m.norms, mean=m.mean, text=text)  # [n]
+    scores = neighbour_scores(query, m.vectors, similarity, norms=m.norms, mean=m.mean,
+                              centred=getattr(m, "centred", None), text=text)  # [n]
     rows, best = top_k(scores, k, exclude)
     return m.ids[rows], best
 
@@ -180,8 +204,9 @@ class HeadVectors:
 
     ids: np.ndarray  # [n] int64, ascending
     vectors: np.ndarray  # [n, D]
-    norms: np.ndarray  # [n] float32
+    norms: np.ndarray  # [n] float32, |v|
     mean: np.ndarray  # [D] float32
+    centred: np.ndarray  # [n] float32, |v - mean|
 
     def row_of(self, image_id: int) -> int | None:
         i = int(np.searchsorted(self.ids, image_id))
@@ -189,9 +214,9 @@ class HeadVectors:
 
 
 def head_vectors(ids: np.ndarray, vectors: np.ndarray, mean: np.ndarray | None = None) -> HeadVectors:
-    """HeadVectors with norms and (unless given, e.g. head_spans' float64 mean) the mean of ``vectors``."""
-    mean = vectors.mean(0, dtype=np.float64) if mean is None else np.asarray(mean, np.float64)
-    return HeadVectors(np.asarray(ids, np.int64), vectors, row_norms(vectors), mean.astype(np.float32))
+    """HeadVectors with norms, centred norms and (unless given, e.g. head_spans' float64 mean) the mean."""
+    mean = (vectors.mean(0, dtype=np.float64) if mean is None else np.asarray(mean, np.float64)).astype(np.float32)
+    return HeadVectors(np.asarray(ids, np.int64), vectors, row_norms(vectors), mean, centred_norms(vectors, mean))
 
 
 def top_k(scores: np.ndarray, k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -51,11 +51,19 @@ def test_centred_scores_on_float16_rows_with_a_large_constant_part_match_float64
     mu = exact.mean(0)
     q = exact[7]
     want = (exact - mu) @ (q - mu) / (np.linalg.norm(exact - mu, axis=1) * np.linalg.norm(q - mu))
-    got = analysis.neighbour_scores(q, rows, "centred", norms=analysis.row_norms(rows), mean=mu.astype(np.float32))
+    mu32 = mu.astype(np.float32)
+    got = analysis.neighbour_scores(q, rows, "centred", norms=analysis.row_norms(rows), mean=mu32)  # one f32 pass
     assert got.dtype == np.float32 and np.abs(got - want).max() < 2e-4
+    centred = analysis.centred_norms(rows, mu32)
+    assert centred == pytest.approx(np.linalg.norm(exact - mu, axis=1), rel=1e-5)
+    fast = analysis.neighbour_scores(q, rows, "centred", mean=mu32, centred=centred)  # the half kernel
+    ratio = np.linalg.norm(exact, axis=1) / np.linalg.norm(exact - mu, axis=1)  # ~3 here
+    assert np.all(np.abs(fast - want) <= 1e-3 * ratio)
     want_cos = exact @ q / (np.linalg.norm(exact, axis=1) * np.linalg.norm(q))
-    assert np.abs(analysis.neighbour_scores(q, rows, "cosine") - want_cos).max() < 1e-5
+    assert np.abs(analysis.neighbour_scores(q, rows, "cosine") - want_cos).max() < 1e-3
     assert np.allclose(analysis.products(rows, np.stack([q, mu])), exact @ np.stack([q, mu]).T, rtol=1e-5, atol=1e-3)
+    m = analysis.head_vectors(np.arange(len(rows)), rows)
+    assert m.centred == pytest.approx(np.linalg.norm(exact - exact.mean(0), axis=1), rel=1e-4)
 
 
 def test_neighbours_leave_out_the_query_and_return_image_ids():
