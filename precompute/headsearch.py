@@ -2,7 +2,7 @@
 
 Words match token by token after a small suffix stemmer (``stem``), so "stripes" finds "striped" and "red"
 never matches "checkered"; meaning ranks a head by its top texts weighted by pick order (``RANK_WEIGHT``),
-and ``far_from_pool`` says when a query is unlike every text the pool knows (docs/design.md section 5.3).
+and ``far_from_pool`` says when a query is unlike every text the pool knows (docs/design.md section 5.4).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def by_meaning(query: np.ndarray, picks: pd.DataFrame, text_ids: np.ndarray, tex
 
 # A query is "far from the pool" when its closest pool text stands out from its cosines to the whole pool by
 # fewer than FAR_Z standard deviations. Calibrated on the three toy models and their toyworld pool
-# (docs/design.md section 5.3): nonsense ("colour", "a dog", "night", "a car", ...) scores 2.0-2.7, texts of
+# (docs/design.md section 5.4): nonsense ("colour", "a dog", "night", "a car", ...) scores 2.0-2.7, texts of
 # the toy vocabulary ("a red shape", "blue", "a circle", "two objects", ...) 2.7-4.3.
 FAR_Z = 2.8
 
