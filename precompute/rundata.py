@@ -68,12 +68,16 @@ class RunData:
     def n_heads(self) -> int:
         return int(self.manifest.get("heads") or 0)
 
-    def _table(self, file: str, stage: str) -> pd.DataFrame:
+    def _file(self, file: str, stage: str) -> Path:
+        """The run's ``file``; InputError naming the command that writes it when it is missing."""
         path = self.path / file
         if not path.is_file():
             raise InputError(f"run {self.name!r} has no {file} (the {stage} stage has not run: "
                              f"`clip-interpret {stage} --out {self.path}`)")
-        return pq.read_table(path).to_pandas()
+        return path
+
+    def _table(self, file: str, stage: str) -> pd.DataFrame:
+        return pq.read_table(self._file(file, stage)).to_pandas()
 
     # ----------------------------------------------------------------- tables
     @cached_property
@@ -95,8 +99,12 @@ class RunData:
 
     @cached_property
     def labels(self) -> pd.DataFrame:
-        """head_labels: layer, head, property, association, ... (label stage)."""
-        return self._table(schema.HEAD_LABELS_FILE, "label")
+        """head_labels (label stage) with the run's label corrections applied as the dashboard shows them
+        (``overrides.apply_to_labels``: adds stored_property, label_source, stale)."""
+        from precompute import overrides
+
+        table = pq.read_table(self._file(schema.HEAD_LABELS_FILE, "label"))
+        return overrides.apply_to_labels(table, self.path / schema.LABEL_OVERRIDES_FILE).to_pandas()
 
     @cached_property
     def scores(self) -> pd.DataFrame:

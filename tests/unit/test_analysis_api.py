@@ -224,3 +224,17 @@ def test_far_from_pool_tells_a_generic_query_from_a_known_one():
     assert not near.far and near.best_text == "t3" and near.z > headsearch.FAR_Z
     assert far.far and far.z < headsearch.FAR_Z
     assert "is far from every text this run's pool knows" in far.message("colour")
+
+
+def test_a_label_correction_is_seen_by_the_api_at_once(tmp_path):
+    """label_overrides.csv is applied when the run is read, as the dashboard applies it (no label rerun)."""
+    from precompute import overrides
+
+    data = make_run(tmp_path, "r", d=8, layers=(2, 3), heads=2, n_images=6)
+    assert open_run(data.path).heads_with("textures") == [(2, 1), (3, 0)]
+    overrides.append_correction(data.path / schema.LABEL_OVERRIDES_FILE, 3, 0, "shapes", author="ana")
+    run = open_run(data.path)
+    assert run.heads_with("textures") == [(2, 1)]
+    assert (3, 0) in run.heads_with("shapes")
+    row = run.labels[(run.labels["layer"] == 3) & (run.labels["head"] == 0)].iloc[0]
+    assert row["property"] == "shapes" and row["stored_property"] == "textures" and bool(row["stale"])
