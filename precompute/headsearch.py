@@ -110,7 +110,7 @@ def rank_weight(rank) -> np.ndarray:
     return 1.0 / np.asarray(rank, np.float64)
 
 
-RANK_WEIGHT = "each head's texts weighted 1/rank: its first pick counts as much as its next two together"
+RANK_WEIGHT = "texts weighted 1/rank, so a head's first pick counts as much as its next two together"
 
 
 def by_meaning(query: np.ndarray, picks: pd.DataFrame, text_ids: np.ndarray, text_emb: np.ndarray,

@@ -63,6 +63,6 @@ if bundle is not None:
         st.warning(far.message(q), icon=":material/explore_off:")
     ranked = headsearch.by_meaning(query, data.all_head_texts(ctx.con, ctx.name).to_pandas(),
                                    frame["text_id"].to_numpy(), emb, labels=labels)
-    st.caption(f"Each head scored by the cosine between your text and its TEXTSPAN texts (embedded by the run's "
-               f"own model), {headsearch.RANK_WEIGHT}; `best_text` adds most to the score.")
+    st.caption(f"Each head scored by the cosines between your text and its TEXTSPAN texts (embedded by the run's "
+               f"own model): {headsearch.RANK_WEIGHT}. `best_text` adds most to the score.")
     open_head_from(ranked.head(20), "search.meaning")
