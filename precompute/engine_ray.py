@@ -46,7 +46,7 @@ class RayOptions:
 
     address: str | None = None  # None: start a local instance; 'auto' or 'ray://head:10001': an existing cluster
     num_cpus: int | None = None  # CPUs of a local instance (None: every core); ignored with an address
-    actors: int | None = None  # decomposition actors; None: one per GPU, else one per CPU of the cluster
+    actors: int | None = None  # decomposition actors; None: one per GPU, else one per node (``actor_shape``)
     mode: str = "actors"  # 'actors' (an ActorPool over chunks) or 'data' (Ray Data map_batches); see the module doc
     threads: int | None = None  # torch threads per CPU actor; None: the cluster's CPUs shared among the actors
 
@@ -64,7 +64,8 @@ class RaySession(contextlib.AbstractContextManager):
         self.opts = opts
         self.ray = None
         self.owned = False
-        self.first_chunk_at: float | None = None  # seconds from compute_chunks' start to its first written chunk
+        self.compute_started: float | None = None  # time.perf_counter() when compute_chunks last started
+        self.first_chunk_at: float | None = None  # seconds from then to its first written chunk
 
     def __enter__(self) -> RaySession:
         ray = import_ray()
@@ -97,13 +98,19 @@ class RaySession(contextlib.AbstractContextManager):
         return self.ray.cluster_resources()
 
     def actor_shape(self, device: str) -> tuple[int, float, float, int]:
-        """(actors, CPUs and GPUs each asks for, torch threads each): one per GPU where the model runs on GPUs."""
-        res = self.resources()
-        cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+        """(actors, CPUs and GPUs each asks for, torch threads each).
+
+        One actor per GPU where the model runs on GPUs; on CPUs, one actor per node with a torch thread per core of
+        the node: measured on 2 cores (benchmarks/ray_engine.py), one actor of 2 threads decomposed about twice as
+        fast as two actors of one thread each, which also load the model twice.
+        """
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")] or [self.resources()]
+        cpus = [int(r.get("CPU", 1)) for r in nodes]
+        gpus = sum(int(r.get("GPU", 0)) for r in nodes)
         on_gpu = device in ("auto", "cuda") and gpus > 0
-        default = gpus if on_gpu else max(1, cpus)
-        actors = self.opts.actors or default
-        threads = self.opts.threads or max(1, cpus // actors)
+        actors = self.opts.actors or (gpus if on_gpu else len(nodes))
+        per_node = max(1, -(-actors // len(nodes)))  # actors sharing a node share its cores
+        threads = self.opts.threads or max(1, min(cpus) // per_node)
         return actors, ACTOR_CPUS, (1.0 if on_gpu else 0.0), threads
 
     def compute_chunks(self, loaded, layers, plan, chunks, run_dir: Path, opts) -> int:
@@ -124,7 +131,7 @@ class RaySession(contextlib.AbstractContextManager):
         bar = tqdm(total=len(plan["paths"]), initial=done, unit="img", desc="decompose (ray)",
                    disable=not opts.progress, dynamic_ncols=True)
         self.first_chunk_at = None
-        t0 = time.perf_counter()
+        t0 = self.compute_started = time.perf_counter()
         computed = skipped = 0
         try:
             runs = self._actors if self.opts.mode == "actors" else self._data
@@ -146,7 +153,8 @@ class RaySession(contextlib.AbstractContextManager):
         from ray.util import ActorPool
 
         cls = self.ray.remote(ChunkWorker)
-        workers = [cls.options(num_cpus=cpus, num_gpus=gpus).remote(shared) for _ in range(actors)]
+        workers = [cls.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD").remote(shared)
+                   for _ in range(actors)]
         try:
             yield from ActorPool(workers).map_unordered(lambda a, c: a.run.remote(c), todo)
         finally:

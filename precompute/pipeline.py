@@ -185,10 +185,12 @@ def model_requests(path: Path, base: DecomposeRequest, progress: bool = True) ->
 ENGINES = ("local", "ray")
 
 
-def check_engine(name: str) -> None:
-    """Refuse an unknown engine, or the Ray engine without Ray, before any model loads."""
+def check_engine(name: str, address: str | None = None) -> None:
+    """Refuse an unknown engine, an address without Ray, or the Ray engine without Ray, before any model loads."""
     if name not in ENGINES:
         raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    if address is not None and name != "ray":
+        raise InputError("--ray-address needs --engine ray")
     if name == "ray":
         from precompute.engine_ray import import_ray
 
@@ -198,17 +200,14 @@ def check_engine(name: str) -> None:
 @contextlib.contextmanager
 def engine(name: str, address: str | None = None):
     """The decompose stage's engine for one command: None (the local one) or a Ray session, always shut down."""
+    check_engine(name, address)
     if name == "local":
-        if address is not None:
-            raise InputError("--ray-address needs --engine ray")
         yield None
     elif name == "ray":
         from precompute.engine_ray import RayOptions, RaySession
 
         with RaySession(RayOptions(address=address)) as session:
             yield session
-    else:
-        check_engine(name)
 
 
 def run(req: RunRequest, log: Callable[[str], None] = print,
@@ -219,7 +218,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     GPUs (or CPU slots) while the others' later stages run here; each model's run folder is the same.
     """
     d = req.decompose
-    check_engine(d.engine)
+    check_engine(d.engine, d.ray_address)
     plans = plan(req, progress)
     with engine(d.engine, d.ray_address) as session:
         compute = None if session is None else session.compute_chunks
@@ -249,7 +248,7 @@ def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute)
 
 def decompose(req: DecomposeRequest, progress: bool = True) -> DecomposeSummary:
     """`clip-interpret decompose`: the decompose stage alone, into ``req.out`` or ``default_out``."""
-    check_engine(req.engine)
+    check_engine(req.engine, req.ray_address)
     loaded = req.load()
     out = req.out or default_out(req.model, req.pretrained, req.random_init)
     with engine(req.engine, req.ray_address) as session:

@@ -25,8 +25,7 @@ from precompute import schema, store
 from precompute.cli import app
 from tests.conftest import make_image_folder
 
-ray = pytest.importorskip("ray", reason="the Ray engine's tests need pip install -e '.[ray]' (.ci/run installs it)")
-
+NEEDS_RAY = "the Ray engine's tests need pip install -e '.[ray]' (.ci/run installs it)"
 runner = CliRunner()
 TINY = ["--model", "test-tiny", "--random-init", "--quiet", "--device", "cpu"]
 
@@ -39,6 +38,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def local_ray():
+    ray = pytest.importorskip("ray", reason=NEEDS_RAY)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
@@ -59,6 +59,29 @@ def assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / schema.MANIFEST).read_text()) for r in (a, b))
     assert ma["files"] == mb["files"]  # sizes, row counts and sha256: byte-for-byte the same files
     assert ma["images"] == mb["images"]
+
+
+def test_ray_is_imported_only_for_the_ray_engine_and_its_absence_says_how_to_install_it(image_folder, tmp_path):
+    probe = "import sys, precompute.cli, precompute.pipeline, precompute.engine_ray; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+    without = ("import sys; sys.modules['ray'] = None; from precompute.cli import main; sys.argv = ['clip-interpret', "
+               f"'decompose', '--model', 'test-tiny', '--random-init', '--images', {str(image_folder)!r}, '--out', "
+               f"{str(tmp_path / 'run')!r}, '--engine', 'ray']; main()")
+    done = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("error: --engine ray needs Ray, which is not installed here: "
+                                   "pip install -e '.[ray]'")
+    assert not (tmp_path / "run").exists()  # refused before any model loads or any folder is made
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--engine", "spark"], "unknown engine 'spark': choose one of local, ray"),
+    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+])
+def test_engine_options_are_checked(image_folder, tmp_path, args, message):
+    result = runner.invoke(app, ["decompose", *TINY, "--images", str(image_folder), "--out", str(tmp_path / "r"),
+                                 *args])
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_both_engines_write_the_same_tables(local_ray, tmp_path):
@@ -88,6 +111,7 @@ def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engin
     assert_same_run(tmp_path / "local", tmp_path / "ray")  # the same reason, rows and parts as the local engine
 
 
+@pytest.mark.slow
 def test_models_file_runs_three_toy_models_as_three_separate_runs(local_ray, tmp_path):
     probe = tmp_path / "probe"
     invoke("toyworld", "images", "--n", 40, "--seed", 5, "--out", probe)
@@ -128,6 +152,7 @@ def _rows_per_key(run: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("killed,resumed", [("ray", "local"), ("local", "ray")])
 def test_a_killed_driver_resumes_with_either_engine_to_one_row_per_image_layer_head(tmp_path, killed, resumed):
     """SIGKILL `decompose` mid-run (3 chunks done), rerun with the other engine, compare with a clean local run."""
+    pytest.importorskip("ray", reason=NEEDS_RAY)
     folder = make_image_folder(tmp_path / "imgs", per_class=60, size=(64, 64), bad_files=False)
     args = ["decompose", *TINY, "--images", str(folder), "--chunk-size", "8", "--batch-size", "2", "--workers", "0"]
     cmd = [sys.executable, "-m", "precompute.cli"]
