@@ -222,6 +222,8 @@ class RunData:
         from precompute.decompose import Decomposer
         from precompute.images import open_image, split_preprocess
 
+        if not Path(image).is_file():
+            raise InputError(f"{image}: no such image file")
         loaded = self.model()
         pipe = split_preprocess(loaded.preprocess)
         img, _ = open_image(Path(image), subject=str(image))

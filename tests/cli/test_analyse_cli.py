@@ -101,6 +101,12 @@ def test_bad_input_is_one_line(synth, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_missing_image_file_is_named(synth, tmp_path):
+    result = invoke("neighbours", "--run", synth.path, "--layer", 3, "--head", 1, "--image", tmp_path / "no.png",
+                    ok=False)
+    assert result.exit_code != 0 and result.stderr.strip() == f"error: {tmp_path / 'no.png'}: no such image file"
+
+
 def test_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("search", "--run", tmp_path, "--words", "red", ok=False)
     assert result.exit_code != 0 and "is not a run folder" in result.stderr
