@@ -238,3 +238,48 @@ def test_a_label_correction_is_seen_by_the_api_at_once(tmp_path):
     assert (3, 0) in run.heads_with("shapes")
     row = run.labels[(run.labels["layer"] == 3) & (run.labels["head"] == 0)].iloc[0]
     assert row["property"] == "shapes" and row["stored_property"] == "textures" and bool(row["stale"])
+
+
+@pytest.fixture(scope="module")
+def toy_world_run(tmp_path_factory):
+    """toy-s (shipped weights) on 300 generated toy-world images with their attributes: a real toy run."""
+    from typer.testing import CliRunner
+
+    from precompute.cli import app
+
+    root = tmp_path_factory.mktemp("toyworld")
+    for args in (["toyworld", "images", "--n", "300", "--seed", "1", "--out", str(root / "probe")],
+                 ["run", "--model", "toy-s", "--images", str(root / "probe"), "--out", str(root / "toy-s"), "--quiet"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return open_run(root / "toy-s")
+
+
+@pytest.mark.slow
+def test_on_a_toy_run_centred_neighbours_follow_the_query_and_its_attributes(toy_world_run):
+    """The issue's finding on a real toy model: dot neighbours repeat across queries, centred ones do not, and
+    share the query's value of the head's labelled attribute more often."""
+    run = toy_world_run
+    attrs = run.attributes.set_index("image_id")
+    heads = [(int(l), int(h), p) for l, h, p in zip(run.labels["layer"], run.labels["head"], run.labels["property"])
+             if p in attrs.columns]
+    assert len(heads) >= 8
+    queries = np.random.default_rng(0).choice(len(run.images), 40, replace=False)
+    precision = {s: [] for s in analysis.SIMILARITIES}
+    jaccard = {s: [] for s in analysis.SIMILARITIES}
+    for layer, head, prop in heads:
+        m = run.head(layer, head)
+        values = attrs.loc[m.ids, prop].to_numpy()
+        for sim in analysis.SIMILARITIES:
+            tops = []
+            for q in queries:
+                ids, _ = analysis.neighbours(m, m.vectors[q], 8, sim, exclude=int(q))
+                tops.append(set(ids.tolist()))
+                precision[sim].append(np.mean(values[np.searchsorted(m.ids, ids)] == values[q]))
+            jaccard[sim] += [len(a & b) / len(a | b) for a, b in zip(tops[::2], tops[1::2])]
+    mean = {s: (float(np.mean(precision[s])), float(np.mean(jaccard[s]))) for s in analysis.SIMILARITIES}
+    assert mean["centred"][0] > mean["dot"][0] + 0.05, mean
+    assert mean["centred"][1] < 0.5 * mean["dot"][1], mean
+    m = run.head(*heads[0][:2])
+    three = [set(analysis.neighbours(m, m.vectors[q], 5, exclude=int(q))[0].tolist()) for q in queries[:3]]
+    assert three[0] != three[1] and three[1] != three[2] and three[0] != three[2]
