@@ -31,6 +31,10 @@ ACTOR_CPUS = 0.5
 INSTALL = "pip install -e '.[ray]'"
 
 
+class EngineError(InterpretError):
+    """Ray lost work that the driver cannot redo itself (an actor or a node died)."""
+
+
 def import_ray():
     """The ``ray`` module, or an InputError saying how to install it."""
     try:
@@ -144,6 +148,10 @@ class RaySession(contextlib.AbstractContextManager):
                 bar.set_postfix(skipped=skipped, refresh=False)
         except ray.exceptions.RayTaskError as e:
             raise _unwrap(e) from None
+        except ray.exceptions.RayError as e:  # an actor died (out of memory, a lost node): the chunks done are kept
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EngineError(f"the Ray engine lost a decomposition actor ({type(e).__name__}: {first}); "
+                              f"{computed} images were written; rerun the same command to resume") from None
         finally:
             bar.close()
         return computed

@@ -111,6 +111,28 @@ def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engin
     assert_same_run(tmp_path / "local", tmp_path / "ray")  # the same reason, rows and parts as the local engine
 
 
+def test_a_dead_actor_ends_the_command_in_one_line_and_the_rerun_finishes_the_run(local_ray, tmp_path, monkeypatch):
+    from precompute import engine_ray
+
+    class Dying(engine_ray.ChunkWorker):  # defined here, so Ray ships it by value to the actor's process
+        def run(self, chunk):
+            if chunk == 2:
+                os._exit(1)  # as an out-of-memory kill would end it: no exception, no cleanup
+            return super().run(chunk)
+
+    folder = make_image_folder(tmp_path / "images", per_class=8, bad_files=False)
+    common = ["decompose", *TINY, "--images", folder, "--chunk-size", 4, "--out", tmp_path / "ray", "--engine", "ray"]
+    monkeypatch.setattr(engine_ray, "ChunkWorker", Dying)
+    died = runner.invoke(app, [str(a) for a in common])
+    assert died.exit_code == 2 and "Traceback" not in died.output
+    (line,) = [x for x in died.output.splitlines() if x.startswith("error:")]
+    assert "lost a decomposition actor (ActorDiedError" in line and line.endswith("rerun the same command to resume")
+    monkeypatch.undo()
+    invoke(*common)
+    invoke("decompose", *TINY, "--images", folder, "--chunk-size", 4, "--out", tmp_path / "local")
+    assert_same_run(tmp_path / "ray", tmp_path / "local")
+
+
 @pytest.mark.slow
 def test_models_file_runs_three_toy_models_as_three_separate_runs(local_ray, tmp_path):
     probe = tmp_path / "probe"
