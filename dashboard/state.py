@@ -121,10 +121,11 @@ class HeadMatrix:
     vectors: np.ndarray  # [n, D] float16 (float32 beyond float16's range)
     norms: np.ndarray  # [n] float32
     mean: np.ndarray  # [D] float32
+    centred: np.ndarray  # [n] float32, |v - mean|: the centred similarity is then one half-precision matvec
 
     @property
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.vectors.nbytes + self.norms.nbytes + self.mean.nbytes
+        return self.ids.nbytes + self.vectors.nbytes + self.norms.nbytes + self.mean.nbytes + self.centred.nbytes
 
     def row_of(self, image_id: int) -> int | None:
         i = int(np.searchsorted(self.ids, image_id))
@@ -138,8 +139,9 @@ def _frozen(ids: np.ndarray, vectors: np.ndarray) -> HeadMatrix:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [n, D]
     mean = vectors.mean(0, dtype=np.float64).astype(np.float32)  # [D]
     fits = not vectors.size or max(float(vectors.max()), -float(vectors.min())) < HALF_MAX  # no [n, D] temporary
-    m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, analysis.row_norms(vectors), mean)
-    for a in (m.ids, m.vectors, m.norms, m.mean):
+    m = HeadMatrix(ids, vectors.astype(np.float16) if fits else vectors, analysis.row_norms(vectors), mean,
+                   analysis.centred_norms(vectors, mean))
+    for a in (m.ids, m.vectors, m.norms, m.mean, m.centred):
         a.flags.writeable = False  # shared between sessions
     return m
 

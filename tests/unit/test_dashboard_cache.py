@@ -40,7 +40,7 @@ def test_a_value_larger_than_the_cap_is_returned_but_not_kept():
 
 def test_sizes_come_from_nbytes_of_arrays_and_of_objects_that_define_it():
     m = state._frozen(np.arange(10, dtype=np.int64), np.ones((10, 4), np.float32))
-    assert memcache.nbytes(m) == m.nbytes == 10 * 8 + 10 * 4 * 2 + 10 * 4 + 4 * 4
+    assert memcache.nbytes(m) == m.nbytes == 10 * 8 + 10 * 4 * 2 + 10 * 4 + 4 * 4 + 10 * 4  # ids, vectors, norms, mean, centred norms
     assert memcache.nbytes((np.zeros(3), b"abcd")) == 3 * 8 + 4
 
 
