@@ -357,3 +357,21 @@ def _attribute_table(_cat: Catalog, run_key: str, run: str):
 def attribute_table(cat: Catalog, run: str):
     """image_id and ground-truth attributes of every image of the run (a frame; do not modify), or None."""
     return _attribute_table(cat, cat.keys[run], run)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _head_means(_cat: Catalog, run_key: str, run: str, layers: tuple[int, ...]):
+    from precompute import rundata, schema
+
+    path = Path(_cat.runs[run]["path"])
+    if not (path / schema.HEAD_SPANS_FILE).is_file():
+        return None
+    means = rundata.open_run(path).head_means(list(layers))  # [l, h, D]
+    means.flags.writeable = False
+    return means
+
+
+def head_means(cat: Catalog, run: str, layers: tuple[int, ...]) -> np.ndarray | None:
+    """[l, h, D] every head's mean over the probe set, from the textspan stage's head_spans.parquet (the
+    record ``precompute.rundata`` reads); None for a run without it (the means would cost a read of every head)."""
+    return _head_means(cat, cat.keys[run], run, tuple(layers))

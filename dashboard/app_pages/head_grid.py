@@ -11,9 +11,7 @@ ctx = widgets.run_page("All heads' maps", needs="decompose")
 bundle = imagesource.require_model(ctx, "the maps")
 
 left, right = st.columns(2, gap="large")
-with left:
-    q = imagesource.image_picker(ctx, "grid")
-with right:
+with right:  # the controls first: a page stopped for want of an upload must not drop them (and their state)
     text = urlstate.text_input("Text", key="grid.t", param="t", placeholder="e.g. a red shape")
     scales = {"shared": "one scale for every head", "own": "each head on its own scale"}
     urlstate.seed("grid.scale", "scale", valid=lambda v: v in scales)
@@ -21,6 +19,8 @@ with right:
                    help="One scale compares heads: a faint map writes little along the text. Each head's own "
                         "scale shows where every head looks, however little it writes.")
     urlstate.publish("scale", None if per == "shared" else per)
+with left:
+    q = imagesource.image_picker(ctx, "grid")
 if not text:
     st.info("Type a text to map it through every head.")
     st.stop()
@@ -44,8 +44,18 @@ for i, layer in enumerate(li.layers):
         name = head_name(layer, h) + (f" · {label_of[(layer, h)]}" if (layer, h) in label_of else "")
         col.image(overlay.overlay(li.view, grid, s), caption=name, width="stretch")
 
-strength = [(float(abs(maps[i, h]).sum()), layer, h) for i, layer in enumerate(li.layers)
-            for h in range(maps.shape[1])]
-best = sorted(strength, reverse=True)[:5]
-st.caption("Most active along the text (sum of |map|): "
-           + ", ".join(f"{head_name(l, h)} ({v:.3g})" for v, l, h in best) + ".")
+st.markdown(f"#### Which heads respond most to “{text}” in this image")
+means = state.head_means(ctx.cat, ctx.name, tuple(li.layers))
+ranked = analysis.heads_for_text(li.heads, li.layers, state.text_embedding(bundle, text), means=means,
+                                 tokens=li.tokens)
+ranked.insert(3, "label", [label_of.get((int(l), int(h)), "") for l, h in zip(ranked["layer"], ranked["head"])])
+st.caption(("Ranked by **centred**: (r − mean) · text, how much more than usual the head writes toward the text in "
+            "this image. " if means is not None else "Ranked by **projection** (this run has no head means: run "
+            "`clip-interpret textspan`). ")
+           + "projection: r · text, the head's share of the image-text score; map_total: the sum of its map above "
+             "(the patches' share, the class token left out).")
+st.dataframe(ranked.head(12), hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(c, format="%.4g")
+                            for c in ("projection", "centred", "map_total") if c in ranked})
+widgets.download_csv(ranked, "Download the ranking (CSV)",
+                     widgets.file_stem("heads-for-text", ctx.name, q.name, text) + ".csv", key="grid.csv")

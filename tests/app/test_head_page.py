@@ -190,6 +190,32 @@ def test_the_all_heads_grid_titles_every_head_with_its_label(app, con):
     assert at.query_params["scale"] == "own" and "Each map on its own scale." in all_text(at)
 
 
+def test_the_all_heads_grid_ranks_heads_by_how_much_more_than_usual_they_write_toward_the_text(app, con, tiny_model,
+                                                                                                  runs_dir):
+    """The page's ranking is (r - mean) . t of the image's live head terms, the means the textspan stage stored."""
+    from precompute.decompose import Decomposer
+    from precompute.images import open_image
+
+    image_id = int(data.image_meta(con, "tiny").column("image_id")[1].as_py())
+    at = app("head_grid", run="tiny", img=image_id, t="a photo of a cat")
+    no_exceptions(at)
+    shown = at.dataframe[0].value
+    info = data.run_info(con, "tiny")
+    manifest = json.loads(info["manifest"])
+    rel = data.image_meta(con, "tiny").to_pandas().set_index("image_id").loc[image_id, "path"]
+    img, _ = open_image(Path(manifest["images"]["root"]) / rel)
+    dec = Decomposer(tiny_model.model, info["layers"])
+    heads = dec(tiny_model.preprocess(img).unsqueeze(0)).heads[0].float().numpy()  # [l, h, D]
+    text = np.asarray(encode_texts(tiny_model, ["a photo of a cat"])[0], np.float32)  # [D]
+    spans = pq.read_table(Path(info["path"]) / schema.HEAD_SPANS_FILE).to_pydict()
+    mean = {(l, h): np.asarray(m) for l, h, m in zip(spans["layer"], spans["head"], spans["mean"])}
+    expected = sorted(((float((heads[i, h] - mean[(l, h)]) @ text), l, h) for i, l in enumerate(info["layers"])
+                       for h in range(info["heads"])), key=lambda x: -x[0])
+    assert [(int(l), int(h)) for l, h in zip(shown["layer"], shown["head"])] == [(l, h) for _, l, h in expected][:12]
+    assert np.allclose(shown["centred"], [v for v, _, _ in expected][:12], atol=1e-4)
+    assert "Which heads respond most" in all_text(at)
+
+
 # --------------------------------------------------------------------------- the image page
 
 

@@ -143,3 +143,15 @@ def test_rankings_keep_one_model_order_and_colour_and_write_the_label_in_each_ce
                             *charts.property_colours(["pattern", "background"])).to_dict()
     assert not any("opacity" in layer.get("encoding", {}) for layer in grid["layer"])  # hue only
     assert any(layer["encoding"].get("text", {}).get("field") == "cell" for layer in grid["layer"])
+
+
+def test_the_all_heads_grid_keeps_its_text_while_an_upload_is_awaited(app):
+    from tests.app.conftest import widget
+
+    at = app("head_grid", run="tiny", img=1)
+    widget(at, "text_input", "grid.t").input("green").run()
+    widget(at, "radio", "grid.scale").set_value("own").run()
+    widget(at, "radio", "grid.src").set_value("upload").run()
+    no_exceptions(at)
+    assert widget(at, "text_input", "grid.t").value == "green"
+    assert widget(at, "radio", "grid.scale").value == "own"
