@@ -344,7 +344,7 @@ def run(model: RunModel = None, images: RunImages = None, out: RunOut = None, mo
         ablate=_ablate_options(score_flags, quiet) if ablate else None, models=models)
     _quiet_libraries()
     (first, _), *_ = pipeline.run(request, log=typer.echo, progress=not quiet)
-    data_dir = "" if model is None else f" --data-dir {first.source.out.parent}"
+    data_dir = "" if model is None and models is None else f" --data-dir {first.source.out.parent}"
     typer.echo("open the dashboard: clip-interpret dashboard" + data_dir)
 
 

@@ -81,7 +81,8 @@ class RaySession(contextlib.AbstractContextManager):
 
         env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
                if k in os.environ}  # actors set up as the CLI sets itself up (precompute/runtime.py)
-        kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False,
+        # ERROR: Ray's notices (token authentication, on every local start) would bury the command's own lines
+        kwargs: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False,
                                       runtime_env={"env_vars": env})
         if self.opts.address is None:
             kwargs |= dict(num_cpus=self.opts.num_cpus, include_dashboard=False)
@@ -105,8 +106,8 @@ class RaySession(contextlib.AbstractContextManager):
         """(actors, CPUs and GPUs each asks for, torch threads each).
 
         One actor per GPU where the model runs on GPUs; on CPUs, one actor per node with a torch thread per core of
-        the node: measured on 2 cores (benchmarks/ray_engine.py), one actor of 2 threads decomposed about twice as
-        fast as two actors of one thread each, which also load the model twice.
+        the node. On 2 cores (benchmarks/ray_engine.py) one actor of 2 threads reached its first chunk sooner than
+        two actors of one thread (15 vs 20 s, one model load instead of two); their steady rates were within noise.
         """
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")] or [self.resources()]
         cpus = [int(r.get("CPU", 1)) for r in nodes]
@@ -129,8 +130,11 @@ class RaySession(contextlib.AbstractContextManager):
         ray = self.ray
         actors, cpus, gpus, threads = self.actor_shape(loaded.spec.device)
         actors = min(actors, len(todo))
+        # Decoding processes per actor, as the local engine's default_workers: none on CPUs (the actor decodes
+        # between its batches), on a GPU the actor's share of its node's cores, else the GPU waits on JPEGs.
+        decoders = opts.workers if opts.workers is not None else (threads if gpus else 0)
         shared = ray.put(_Shared(loaded.spec, list(layers), plan["images_root"], plan["paths"], plan["labels"],
-                                 bounds, str(run_dir), opts.batch_size, threads))
+                                 bounds, str(run_dir), opts.batch_size, threads, decoders))
         done = sum(hi - lo for c, (lo, hi) in enumerate(bounds) if c not in todo)
         bar = tqdm(total=len(plan["paths"]), initial=done, unit="img", desc="decompose (ray)",
                    disable=not opts.progress, dynamic_ncols=True)
@@ -195,6 +199,7 @@ class _Shared:
     run_dir: str
     batch_size: int
     threads: int
+    decoders: int  # DataLoader worker processes per actor (0: decode in the actor, between batches)
 
 
 class ChunkWorker:
@@ -228,7 +233,16 @@ class ChunkWorker:
         from precompute.stage_decompose import chunk_batches, decompose_chunk, write_chunk
 
         s = self.shared
-        batches = (collate([self.dataset[i] for i in idx]) for idx in chunk_batches(s.bounds[chunk], s.batch_size))
+        if s.decoders:
+            import torch
+
+            from precompute.stage_decompose import _worker_init
+
+            batches = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=chunk_batches(s.bounds[chunk], s.batch_size), num_workers=s.decoders,
+                collate_fn=collate, worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda")
+        else:
+            batches = (collate([self.dataset[i] for i in idx]) for idx in chunk_batches(s.bounds[chunk], s.batch_size))
         result = decompose_chunk(batches, s.paths, s.labels, self.decomposer, self.pixels, self.device)
         write_chunk(Path(s.run_dir), self.chunks, chunk, s.layers, result)
         return {"chunk": chunk, "planned": result.planned, "skipped": len(result.skipped)}

@@ -9,6 +9,7 @@ ended by that group's id.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -88,14 +89,32 @@ def test_both_engines_write_the_same_tables(local_ray, tmp_path):
     folder = make_image_folder(tmp_path / "images", per_class=7, bad_files=False)
     common = [*TINY, "--images", folder, "--chunk-size", 4, "--batch-size", 3]
     invoke("decompose", *common, "--out", tmp_path / "local")
-    done = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray")
-    assert "14 images decomposed" in done.output
+    done = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray", "--workers", 1)
+    assert "14 images decomposed" in done.output  # the actor decoding through a DataLoader worker, as on a GPU
     assert_same_run(tmp_path / "local", tmp_path / "ray")
     manifest = json.loads((tmp_path / "ray" / schema.MANIFEST).read_text())
     assert manifest["stages"]["decompose"]["done"] and manifest["stages"]["decompose"]["chunk_size"] == 4
     assert not (tmp_path / "ray" / store.WORK_DIR).exists()
     again = invoke("decompose", *common, "--out", tmp_path / "ray", "--engine", "ray")
     assert "already complete" in again.output
+
+
+def test_the_ray_data_path_writes_the_same_tables_too(local_ray, tmp_path):
+    """RayOptions(mode='data'): Ray Data map_batches over the chunks with the same actor class (the benchmark's
+    alternative to the default ActorPool) writes what the local engine writes."""
+    from precompute.engine_ray import RayOptions, RaySession
+    from precompute.pipeline import DecomposeRequest
+    from precompute.stage_decompose import run_decompose
+
+    folder = make_image_folder(tmp_path / "images", per_class=5)
+    req = DecomposeRequest("test-tiny", folder, random_init=True, chunk_size=3, batch_size=2, device="cpu")
+    loaded = req.load()
+    run_decompose(loaded, dataclasses.replace(req, out=tmp_path / "local").options(progress=False))
+    with RaySession(RayOptions(mode="data")) as session:
+        summary = run_decompose(loaded, dataclasses.replace(req, out=tmp_path / "data").options(progress=False),
+                                session.compute_chunks)
+    assert summary.computed == 13 and len(summary.skipped) == 3  # 10 images and the fixture's 3 bad image files
+    assert_same_run(tmp_path / "local", tmp_path / "data")
 
 
 def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engine_does(local_ray, tmp_path):
