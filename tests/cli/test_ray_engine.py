@@ -85,6 +85,17 @@ def test_engine_options_are_checked(image_folder, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_an_address_with_no_cluster_is_one_line(image_folder, tmp_path):
+    pytest.importorskip("ray", reason=NEEDS_RAY)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "precompute.cli", "decompose", *TINY, "--images", str(image_folder),
+                           "--out", str(tmp_path / "run"), "--engine", "ray", "--ray-address", "auto"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: --ray-address auto: cannot reach a Ray cluster there")
+    assert done.stderr.strip().endswith("start one with `ray start --head`, or leave --ray-address out for a local one")
+
+
 def test_both_engines_write_the_same_tables(local_ray, tmp_path):
     folder = make_image_folder(tmp_path / "images", per_class=7, bad_files=False)
     common = [*TINY, "--images", folder, "--chunk-size", 4, "--batch-size", 3]
