@@ -119,13 +119,15 @@ def drop_grid(frame: pd.DataFrame) -> alt.Chart:
         x=alt.X("target:N", title=None), y=alt.Y("head_label:N", title=None, sort=None),
         color=alt.Color("accuracy_drop:Q", title="drop", scale=alt.Scale(scheme="reds")),
         tooltip=["head_label", "target", alt.Tooltip("accuracy_drop:Q", format=".4f"), "causal_attribute"],
-    ).properties(height=alt.Step(14))
+    ).properties(height=alt.Step(18))
 
 
 def pruning_chart(curve: pd.DataFrame) -> alt.Chart:
     """Drop against the number of heads ablated: CCS top-k, bottom-k, random sets (mean, band of +- 1 std)."""
     base = alt.Chart(curve).encode(x=alt.X("size:Q", title="heads ablated (k)"),
-                                   color=alt.Color("kind:N", title="heads", sort=["ccs_top", "ccs_bottom", "random"]))
+                                   color=alt.Color("kind:N", title="heads",
+                                                   scale=alt.Scale(domain=["ccs_top", "ccs_bottom", "random"],
+                                                                   range=["#4c78a8", "#f58518", "#7f7f7f"])))
     band = base.transform_filter(alt.datum.kind == "random").mark_area(opacity=0.25).encode(y="low:Q", y2="high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("drop:Q", title="accuracy drop (mean over targets)"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,27 +58,44 @@ def reduce_head(x: np.ndarray, rank: int, seed: int = 0) -> tuple[np.ndarray, fl
     floor = values[-1] * (max(n, d) * np.finfo(np.float32).eps) ** 2 if values[-1] > 0 else np.inf
     keep = min(rank, int(np.sum(values > floor)))
     basis = vectors[:, ::-1][:, :max(keep, 1)].astype(np.float32)  # [D, r]
-    z = (x - mean) @ basis  # [n, r]
-    total = float(np.sum((x - mean).astype(np.float64) ** 2))
-    return z, (float(np.sum(z.astype(np.float64) ** 2)) / total if total > 0 else 1.0)
+    z = np.empty((n, basis.shape[1]), np.float32)  # [n, r]
+    total = kept = 0.0
+    for s in range(0, n, BASIS_ROWS):  # centred block by block: no [n, D] copy, sums in float64
+        block = x[s:s + BASIS_ROWS] - mean  # [b, D]
+        z[s:s + BASIS_ROWS] = block @ basis
+        total += float(np.sum(block.astype(np.float64) ** 2))
+        kept += float(np.sum(z[s:s + BASIS_ROWS].astype(np.float64) ** 2))
+    return z, (kept / total if total > 0 else 1.0)
 
 
 def reduce_run(run_dir: Path, heads: list[tuple[int, int]], rows: np.ndarray, rank: int) -> Reduced:
-    """Each head's vectors at image positions ``rows`` (of images.parquet's order), reduced (``reduce_head``)."""
+    """Each head's vectors at image positions ``rows`` (of images.parquet's order), reduced (``reduce_head``).
+
+    The next head's files are read while one is reduced (pyarrow reads without the GIL).
+    """
     parts, slices, norms, kept, start = [], [], [], [], 0
     ids = pq.read_table(Path(run_dir) / schema.IMAGES_FILE, columns=["image_id"]).column("image_id").to_numpy()
-    for layer, head in heads:
-        head_ids, vectors = store.read_head(run_dir, layer, head)
+    every = np.array_equal(rows, np.arange(len(ids)))
+
+    def load(h: tuple[int, int]) -> np.ndarray:
+        head_ids, vectors = store.read_head(run_dir, *h)
         if not np.array_equal(head_ids, ids):  # the decompose stage writes both in image order
             order = {int(i): p for p, i in enumerate(head_ids)}
             vectors = vectors[[order[int(i)] for i in ids]]
-        z, retained = reduce_head(vectors[rows], rank)
-        parts.append(z)
-        slices.append(slice(start, start + z.shape[1]))
-        start += z.shape[1]
-        gram = z.T.astype(np.float64) @ z  # [r, r]
-        norms.append(float(np.linalg.norm(gram)))
-        kept.append(retained)
+        return vectors if every else vectors[rows]
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(load, heads[0]) if heads else None
+        for i in range(len(heads)):
+            vectors = pending.result()
+            pending = reader.submit(load, heads[i + 1]) if i + 1 < len(heads) else None
+            z, retained = reduce_head(vectors, rank)
+            del vectors
+            parts.append(z)
+            slices.append(slice(start, start + z.shape[1]))
+            start += z.shape[1]
+            norms.append(float(np.linalg.norm(z.T.astype(np.float64) @ z)))  # ||Z^T Z||_F
+            kept.append(retained)
     return Reduced(heads, np.concatenate(parts, 1), slices, np.array(norms), np.array(kept))
 
 
