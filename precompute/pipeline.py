@@ -178,6 +178,10 @@ def model_requests(path: Path, base: DecomposeRequest, progress: bool = True) ->
         folder = row.out or default_out(row.model, row.pretrained, False)
         if row.out is None and base.out is not None:
             folder = base.out / folder.name
+        clash = next((o for o in out if Path(o.out).resolve() == Path(folder).resolve()), None)
+        if clash is not None:
+            raise InputError(f"--models {path}: line {row.line} ({row.model}) would write into {folder}, as "
+                             f"{clash.model} does; give one of them another 'out'")
         out.append(replace(base, model=row.model, pretrained=row.pretrained, images=images, out=folder))
     return out
 
@@ -232,8 +236,8 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
 
 
 def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute) -> list:
-    """Every plan in a thread of its own (no progress bars; each line names its model); the models load one at a
-    time, as a seeded random init draws from torch's one global generator."""
+    """Every plan in a thread of its own (no progress bars; each line names its model): the decompositions run on
+    Ray side by side, the loads and later stages here one at a time (``run_plan``'s ``driver_lock``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     lock = threading.Lock()
@@ -287,12 +291,16 @@ def _clear_decompose(run_dir: Path) -> None:
 
 
 def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = True, compute=None,
-             load_lock: threading.Lock | None = None) -> list[StageReport]:
+             driver_lock: threading.Lock | None = None) -> list[StageReport]:
     """Run every stage for one model; a stage whose output is current for the same inputs is skipped.
 
-    ``compute`` is the decompose stage's engine (``stage_decompose.ComputeChunks``; None: the local one)."""
+    ``compute`` is the decompose stage's engine (``stage_decompose.ComputeChunks``; None: the local one).
+    ``driver_lock``, when models run concurrently, is held for the model load and for each stage after decompose:
+    those run in this process, where torch's thread count and generator are process-wide (TEXTSPAN sets the one,
+    a seeded random init draws from the other), so they run one model at a time, as separate runs would."""
     load_pool(p.textspan.pool)  # a bad pool fails now, not after a long decompose
-    with load_lock or contextlib.nullcontext():
+    driver = driver_lock or contextlib.nullcontext()
+    with driver:
         loaded = p.source.load()
     out = Path(p.source.out)
     reports = []
@@ -318,8 +326,9 @@ def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = Tr
         *([("ablate", lambda: run_ablate(out, replace(p.ablate, progress=progress), loaded, force=p.force))]
           if p.ablate is not None else []),
     ):
-        t0 = time.perf_counter()
-        ran = fn()
+        with driver:
+            t0 = time.perf_counter()
+            ran = fn()
         reports.append(StageReport(stage, ran, time.perf_counter() - t0))
         log(_line(reports[-1]))
     return reports

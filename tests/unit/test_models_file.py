@@ -103,6 +103,10 @@ def test_models_are_planned_as_single_runs(tmp_path, monkeypatch):
 
 
 def test_models_file_refusals(tmp_path):
+    same = tmp_path / "same.csv"
+    same.write_text(f"model,pretrained,images,out\ntoy-s,,{tmp_path},{tmp_path / 'r'}\ntoy-m,,{tmp_path},{tmp_path / 'r'}\n")
+    with pytest.raises(InputError, match=r"line 3 \(toy-m\) would write into .*/r, as toy-s does"):
+        pipeline.plan(pipeline.RunRequest(pipeline.DecomposeRequest(), models=same), False)
     f = tmp_path / "m.csv"
     f.write_text("model,pretrained\nViT-B-32,openai\n")
     with pytest.raises(InputError, match="line 2 .ViT-B-32. names no images; add an 'images' column or pass --images"):
