@@ -146,7 +146,7 @@ def forward_totals(loaded: LoadedModel, root: Path, paths: list[str], heads: lis
 def compare_forward(loaded: LoadedModel, run_dir: Path, manifest: dict, images: pa.Table, heads, labels, means,
                     embeddings, targets: list[ablate.Target], opts) -> tuple[dict, dict]:
     """HEAD_ABLATIONS rows of the forward variant, and how it differs from the direct one on the same images."""
-    from precompute.stage_ablate import _head_rows, part_blocks
+    from precompute.stage_ablate import head_rows, part_blocks
 
     clf = ablate.Classifier.of(targets)
     rows = sample(len(embeddings), opts.forward_images, opts.seed)
@@ -164,7 +164,7 @@ def compare_forward(loaded: LoadedModel, run_dir: Path, manifest: dict, images: 
         local = keep - block.start
         centred = vectors[:, local] - means[:, None]  # [H, b', D]
         direct.add(ablate.block_totals(embeddings[keep], centred, clf, keep, []))
-    out = _head_rows(heads, labels, targets, fwd, "forward", opts.min_drop)
+    out = head_rows(heads, labels, targets, fwd, "forward", opts.min_drop)
     d = np.nanmean(direct.accuracy()[0][None] - direct.accuracy()[1], axis=1)  # [H]
     f = np.nanmean(fwd.accuracy()[0][None] - fwd.accuracy()[1], axis=1)  # [H]
     corr = float(np.corrcoef(d, f)[0, 1]) if len(d) > 1 and d.std() > 0 and f.std() > 0 else None

@@ -32,6 +32,7 @@ from precompute.stage_score import DEFAULT_TEMPLATES, ScoreOptions, _aligned, at
 STAGE = "ablate"
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.375, 0.5)  # group sizes as shares of the analysed heads: the pruning curve
 HEADLINE_FRACTION = 0.25  # the share model_ablations reports (CCS top-k against random sets of the same k)
+ALGORITHM = 2  # in the stage key: bumped when the output changes for the same inputs (2: nested random sets)
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class AblateOptions:
 def ablate_key(manifest: dict, opts: AblateOptions, attrs: Path | None) -> str:
     attr_id = (str(attrs), attrs.stat().st_mtime_ns, attrs.stat().st_size) if attrs and attrs.is_file() else None
     forward = (opts.forward_images, opts.batch_size) if opts.forward else None
-    return store.stage_key(manifest["stages"]["score"]["key"], list(opts.fractions), opts.repeats, opts.seed, opts.min_drop,
-                           list(opts.templates), attr_id, forward, ablate.__name__)
+    return store.stage_key(manifest["stages"]["score"]["key"], list(opts.fractions), opts.repeats, opts.seed,
+                           opts.min_drop, list(opts.templates), attr_id, forward, ALGORITHM)
 
 
 # ------------------------------------------------------------------ targets
@@ -240,7 +241,7 @@ def run_ablate(run_dir: Path, opts: AblateOptions, loaded: LoadedModel | None = 
         totals.add(ablate.block_totals(embeddings[block], vectors, clf, block, [g.members for g in groups]))
         bar.update(block.stop - block.start)
     bar.close()
-    head_table = _head_rows(heads, labels, targets, totals, "direct", opts.min_drop)
+    head_table = head_rows(heads, labels, targets, totals, "direct", opts.min_drop)
     info = {}
     if opts.forward:
         from precompute.ablate_forward import compare_forward
@@ -263,7 +264,7 @@ def _drops(totals: ablate.Totals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return intact, acc, intact[None, :] - acc  # [T], [A, T], [A, T]
 
 
-def _head_rows(heads, labels, targets, totals: ablate.Totals, method: str, min_drop: float) -> dict[str, list]:
+def head_rows(heads, labels, targets, totals: ablate.Totals, method: str, min_drop: float) -> dict[str, list]:
     """HEAD_ABLATIONS columns for the first len(heads) ablations of ``totals`` (one row per head and target)."""
     intact, acc, drop = _drops(totals)
     cosine = totals.mean_cosine()
@@ -307,7 +308,7 @@ def _model_row(run_dir: Path, heads, labels, targets, totals, groups: list[Group
     k = ablate.group_sizes(len(heads), [HEADLINE_FRACTION])[0]
     at = {kind: [len(heads) + g for g, grp in enumerate(groups) if grp.kind == kind and grp.name == f"k={k}"]
           for kind in ("ccs_top", "ccs_bottom", "random")}
-    rows = _head_rows(heads, labels, targets, totals, "direct", opts.min_drop)
+    rows = head_rows(heads, labels, targets, totals, "direct", opts.min_drop)
     per_head = {(l, h): a for l, h, a in zip(rows["layer"], rows["head"], rows["label_agrees_causally"])}
     checked = [v for v in per_head.values() if v is not None]
     rand = mean_drop[at["random"]]
@@ -319,11 +320,11 @@ def _model_row(run_dir: Path, heads, labels, targets, totals, groups: list[Group
             "images": int(totals.images)}
 
 
-def _write(run_dir: Path, head_rows: dict, group_rows: dict, model_row: dict) -> None:
+def _write(run_dir: Path, head_table: dict, group_table: dict, model_row: dict) -> None:
     store.write_table_atomic(run_dir / schema.HEAD_ABLATIONS_FILE,
-                             pa.Table.from_pydict(head_rows, schema=schema.HEAD_ABLATIONS))
+                             pa.Table.from_pydict(head_table, schema=schema.HEAD_ABLATIONS))
     store.write_table_atomic(run_dir / schema.GROUP_ABLATIONS_FILE,
-                             pa.Table.from_pydict(group_rows, schema=schema.GROUP_ABLATIONS))
+                             pa.Table.from_pydict(group_table, schema=schema.GROUP_ABLATIONS))
     store.write_table_atomic(run_dir / schema.MODEL_ABLATIONS_FILE,
                              pa.Table.from_pylist([model_row], schema=schema.MODEL_ABLATIONS))
 
