@@ -140,7 +140,7 @@ def plan_groups(labels: list[str], ccs: list, opts: AblateOptions) -> list[Group
     groups = [Group("property", p, 0, tuple(i for i, q in enumerate(labels) if q == p))
               for p in sorted(set(labels) - {MIXED})]
     order = ablate.consistency_order(ccs, opts.seed)
-    sizes = ablate.group_sizes(heads, opts.fractions)
+    sizes = ablate.group_sizes(heads, (*opts.fractions, HEADLINE_FRACTION))  # model_ablations reports 25%
     for k in sizes:
         groups.append(Group("ccs_top", f"k={k}", 0, tuple(sorted(order[:k]))))
         groups.append(Group("ccs_bottom", f"k={k}", 0, tuple(sorted(order[-k:]))))

@@ -180,3 +180,13 @@ def test_compare_writes_head_matches_where_the_dashboard_reads_them(made, tmp_pa
     assert all(r["rank_a"] == 1 for r in rows if (r["layer_a"], r["head_a"]) == (r["layer_b"], r["head_b"]))
     one = invoke("compare", "--run", out)
     assert one.exit_code == 2 and "exactly two --run folders" in one.output
+
+
+def test_the_headline_size_is_ablated_whatever_the_fractions(made, tmp_path):
+    run, _ = _copy(made, tmp_path)
+    result = invoke("ablate", "--out", run, "--fraction", "0.5", "--repeats", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    groups = pq.read_table(run / schema.GROUP_ABLATIONS_FILE).to_pandas()
+    assert sorted(groups[groups["kind"] == "ccs_top"]["size"].unique()) == [3, 6]  # 25% (the headline) and 50%
+    model = pq.read_table(run / schema.MODEL_ABLATIONS_FILE).to_pylist()[0]
+    assert model["k"] == 3 and model["repeats"] == 2
