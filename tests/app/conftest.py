@@ -19,6 +19,27 @@ def runs_dir(tmp_path_factory) -> Path:
     return build_data_dir(tmp_path_factory.mktemp("dashboard"))
 
 
+@pytest.fixture(scope="session")
+def con(runs_dir):
+    """A dashboard connection over the session's data folder."""
+    from dashboard import data
+
+    return data.connect(runs_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(con):
+    """The tiny run's model, rebuilt from its manifest exactly as the dashboard does."""
+    import json
+
+    from dashboard import data
+    from precompute import registry
+
+    spec, why = registry.spec_from_manifest(json.loads(data.run_info(con, "tiny")["manifest"])["model"], "cpu")
+    assert spec is not None, why
+    return registry.load_model(spec)
+
+
 def open_page(page: str | None = None, **params) -> AppTest:
     """The app with ``params`` in the URL, as if a link to ``app_pages/<page>.py`` had been pasted.
 

@@ -13,23 +13,9 @@ import torch
 from PIL import Image
 
 from dashboard import data
-from precompute import registry
 from precompute.decompose import Decomposer, spatial_maps
 from precompute.textenc import encode_texts
 from tests.app.conftest import all_text, no_exceptions, widget
-
-
-@pytest.fixture(scope="module")
-def con(runs_dir):
-    return data.connect(runs_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(con):
-    """The tiny run's model, rebuilt from its manifest exactly as the dashboard does."""
-    spec, why = registry.spec_from_manifest(json.loads(data.run_info(con, "tiny")["manifest"])["model"], "cpu")
-    assert spec is not None, why
-    return registry.load_model(spec)
 
 
 def image_file(con, run: str, image_id: int) -> Path:

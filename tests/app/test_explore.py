@@ -17,11 +17,6 @@ from tests.app.conftest import all_text, no_exceptions, open_page, widget
 from tests.fixtures.runs import make_run
 
 
-@pytest.fixture(scope="module")
-def con(runs_dir):
-    return data.connect(runs_dir)
-
-
 # --------------------------------------------------------------------------- no runs
 
 

@@ -14,24 +14,12 @@ import pytest
 
 from dashboard import data, headview
 from dashboard.settings import ENV_DATA_DIR
-from precompute import registry, schema
+from precompute import schema
 from precompute.textenc import encode_texts
 from tests.app.conftest import all_text, no_exceptions, open_page, widget
 from tests.fixtures.runs import make_run
 
 TOL = 2e-3  # head vectors are held in float16 (scores within 1e-3 |v| |q| of float32)
-
-
-@pytest.fixture(scope="module")
-def con(runs_dir):
-    return data.connect(runs_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(con):
-    spec, why = registry.spec_from_manifest(json.loads(data.run_info(con, "tiny")["manifest"])["model"], "cpu")
-    assert spec is not None, why
-    return registry.load_model(spec)
 
 
 def principal(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
