@@ -227,9 +227,14 @@ def test_a_killed_driver_resumes_with_either_engine_to_one_row_per_image_layer_h
         for pid in _group(proc.pid):  # Ray's agents outlive a killed driver for a minute or so
             os.kill(pid, signal.SIGKILL)
 
-    done = subprocess.run(cmd + args + ["--out", str(run), "--engine", resumed], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    rerun = subprocess.Popen(cmd + args + ["--out", str(run), "--engine", resumed], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    settle = time.time() + 10  # a process that is exiting may still be listed for a moment
+    while _group(rerun.pid) and time.time() < settle:
+        time.sleep(0.2)
+    assert _group(rerun.pid) == []  # a command that ends normally leaves no Ray process behind
     fresh = subprocess.run(cmd + args + ["--out", str(tmp_path / "fresh")], env=env, capture_output=True, text=True,
                            timeout=300)
     assert fresh.returncode == 0, fresh.stderr
