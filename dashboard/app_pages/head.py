@@ -4,7 +4,7 @@ links into every analysis; and a way to correct the label."""
 
 import streamlit as st
 
-from dashboard import headview, widgets
+from dashboard import ablationview, headview, widgets
 
 ctx = widgets.run_page("Head explorer", needs="decompose")
 
@@ -30,6 +30,7 @@ with right:
     known = labels["property"].tolist() + (picks["property"].dropna().tolist() if not picks.empty else [])
     headview.override_form(ctx, label, layer, head, known)
     headview.history_section(ctx, layer, head)
+    ablationview.head_effect(ctx, layer, head)  # what removing it does, and its best matches in other runs
 
 st.markdown("### Along the head's direction")
 m = headview.head_matrix(ctx, layer, head)

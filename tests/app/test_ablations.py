@@ -139,3 +139,14 @@ def test_ablations_and_matches_are_queryable_in_sql(data_dir):
     assert joined.num_rows == 12
     model = run_user_sql('SELECT run, k FROM "a".model_ablations', data_dir)
     assert model.to_pylist() == [{"run": "a", "k": 3}]
+
+
+def test_the_head_page_shows_the_heads_ablation_effect_and_its_best_match(page, data_dir):
+    at = page("head", run="a", layer=1, head=0)
+    no_exceptions(at)
+    text = all_text(at)
+    assert "Ablating L1.H0" in text and "Mean cosine of the ablated to the intact embedding" in text
+    assert "Best matches in other runs" in text
+    at = page("head", run="plain", layer=1, head=0)
+    no_exceptions(at)
+    assert "No ablations for this run yet" in all_text(at)
