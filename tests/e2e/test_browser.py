@@ -51,6 +51,10 @@ PAGES = [
      "writes most toward"),
     ("live-off", "topic-map", {"run": "synth/full"}, "Live analyses are off"),
     ("sql", "sql", {"sql": "SELECT run, architecture, image_count FROM runs"}, "4 rows"),
+    ("head-grid", "head-grid", {"run": "tiny", "img": "1", "t": "a photo of a dog"}, "Which heads respond most"),
+    ("image", "image", {"run": "tiny", "img": "1"}, "Its strongest heads"),
+    ("ablations", "ablations", {"run": "tiny"}, "clip-interpret ablate --out"),
+    ("compare", "compare", {"run": "tiny"}, "have not been compared yet"),
 ]
 
 
