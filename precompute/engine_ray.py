@@ -28,6 +28,8 @@ from precompute.errors import InputError, InterpretError
 MODES = ("actors", "data")
 # A whole CPU per actor stalls on a 2-core machine: the actors (and Ray Data's read task) wait for a third CPU.
 ACTOR_CPUS = 0.5
+# A textspan head task's CPUs: four at a time on 2 cores, so a task never waits for a CPU another holds idle.
+HEAD_TASK_CPUS = 0.5
 INSTALL = "pip install -e '.[ray]'"
 
 
@@ -70,6 +72,7 @@ class RaySession(contextlib.AbstractContextManager):
         self.owned = False
         self.compute_started: float | None = None  # time.perf_counter() when compute_chunks last started
         self.first_chunk_at: float | None = None  # seconds from then to its first written chunk
+        self.head_tasks = 0  # textspan head tasks submitted by map_heads in this session
 
     def __enter__(self) -> RaySession:
         ray = import_ray()
@@ -160,6 +163,44 @@ class RaySession(contextlib.AbstractContextManager):
             bar.close()
         return computed
 
+    def map_heads(self, run_dir: Path, heads: list[tuple[int, int]], text_emb, opts) -> list[tuple[dict, Any]]:
+        """``stage_textspan.MapHeads`` on Ray: one task per head, the pool's embeddings put in the object store once,
+        the results gathered in the order of ``heads``.
+
+        A task sets this process's torch thread count, which the Gram's products use (precompute/textspan.py), so
+        each head is computed as ``local_heads`` computes it here. Each task reads only its own head's parts: the
+        run folder must be a path every node sees, as for the decompose actors."""
+        import torch
+        from tqdm.auto import tqdm
+
+        ray = self.ray
+        task = ray.remote(_textspan_task).options(num_cpus=HEAD_TASK_CPUS)
+        emb = ray.put(text_emb)
+        threads = torch.get_num_threads()
+        refs = [task.remote(str(run_dir), layer, head, emb, opts.k, opts.rank, threads) for layer, head in heads]
+        self.head_tasks += len(refs)
+        order = {ref: i for i, ref in enumerate(refs)}
+        out: list = [None] * len(refs)
+        bar = tqdm(total=len(refs), desc="textspan (ray)", unit="head", disable=not opts.progress, dynamic_ncols=True)
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    out[order[ref]] = ray.get(ref)
+                    bar.update(1)
+        except ray.exceptions.RayTaskError as e:
+            raise _unwrap(e) from None
+        except ray.exceptions.RayError as e:  # a worker died: nothing of the stage was written
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EngineError(f"the Ray engine lost a textspan task ({type(e).__name__}: {first}); nothing of the "
+                              "textspan stage was written; rerun the same command") from None
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+            bar.close()
+        return out
+
     def _actors(self, shared, todo: list[int], actors: int, cpus: float, gpus: float) -> Iterator[dict]:
         """Plain actors over chunks: each actor takes the next chunk as soon as it is free."""
         from ray.util import ActorPool
@@ -200,6 +241,16 @@ class _Shared:
     batch_size: int
     threads: int
     decoders: int  # DataLoader worker processes per actor (0: decode in the actor, between batches)
+
+
+def _textspan_task(run_dir: str, layer: int, head: int, text_emb, k: int, rank: int, threads: int):
+    """One textspan head in a Ray worker, with the driver's torch thread count (``RaySession.map_heads``)."""
+    import torch
+
+    from precompute.stage_textspan import textspan_head
+
+    torch.set_num_threads(threads)
+    return textspan_head(Path(run_dir), layer, head, text_emb, k, rank)
 
 
 class ChunkWorker:

@@ -226,16 +226,17 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     plans = plan(req, progress)
     with engine(d.engine, d.ray_address) as session:
         compute = None if session is None else session.compute_chunks
+        heads = None if session is None else session.map_heads  # textspan: one Ray task per head
         if session is None or len(plans) == 1:
             done = []
             for p in plans:
                 log(f"{p.source.model} -> {p.source.out}")
-                done.append((p, run_plan(p, log, progress, compute)))
+                done.append((p, run_plan(p, log, progress, compute, map_heads=heads)))
             return done
-        return _run_concurrently(plans, log, compute)
+        return _run_concurrently(plans, log, compute, heads)
 
 
-def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute) -> list:
+def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute, map_heads=None) -> list:
     """Every plan in a thread of its own (no progress bars; each line names its model): the decompositions run on
     Ray side by side, the loads and later stages here one at a time (``run_plan``'s ``driver_lock``)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -244,7 +245,8 @@ def _run_concurrently(plans: list[RunPlan], log: Callable[[str], None], compute)
 
     def one(p: RunPlan):
         log(f"{p.source.model} -> {p.source.out}")
-        return p, run_plan(p, lambda line: log(f"[{p.source.model}] {line.strip()}"), False, compute, lock)
+        return p, run_plan(p, lambda line: log(f"[{p.source.model}] {line.strip()}"), False, compute, lock,
+                           map_heads)
 
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         return list(pool.map(one, plans))
@@ -291,13 +293,14 @@ def _clear_decompose(run_dir: Path) -> None:
 
 
 def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = True, compute=None,
-             driver_lock: threading.Lock | None = None) -> list[StageReport]:
+             driver_lock: threading.Lock | None = None, map_heads=None) -> list[StageReport]:
     """Run every stage for one model; a stage whose output is current for the same inputs is skipped.
 
     ``compute`` is the decompose stage's engine (``stage_decompose.ComputeChunks``; None: the local one).
     ``driver_lock``, when models run concurrently, is held for the model load and for each stage after decompose:
     those run in this process, where torch's thread count and generator are process-wide (TEXTSPAN sets the one,
-    a seeded random init draws from the other), so they run one model at a time, as separate runs would."""
+    a seeded random init draws from the other), so they run one model at a time, as separate runs would.
+    ``map_heads`` computes the textspan stage's heads (``stage_textspan.MapHeads``; None: here)."""
     load_pool(p.textspan.pool)  # a bad pool fails now, not after a long decompose
     driver = driver_lock or contextlib.nullcontext()
     with driver:
@@ -320,7 +323,7 @@ def run_plan(p: RunPlan, log: Callable[[str], None] = print, progress: bool = Tr
 
     ts = replace(p.textspan, progress=progress)
     for stage, fn in (
-        ("textspan", lambda: run_textspan(loaded, out, ts, force=p.force)),
+        ("textspan", lambda: run_textspan(loaded, out, ts, force=p.force, map_heads=map_heads)),
         ("label", lambda: run_label(out, p.label, force=p.force)),
         ("score", lambda: run_score(out, replace(p.score, progress=progress), loaded, force=p.force)),
         *([("ablate", lambda: run_ablate(out, replace(p.ablate, progress=progress), loaded, force=p.force))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -69,8 +70,31 @@ def _blocks(files: list[Path]):
         yield np.concatenate(pending)
 
 
-def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, force: bool = False) -> bool:
-    """Compute and write the stage; False when it was already current."""
+# One head's (HEAD_SUMMARY row, TextspanResult) for every head, in the order given: ``map_heads(run_dir, heads,
+# text_emb, opts)``. ``local_heads`` computes them here; the Ray engine as one task per head (docs/design.md 9.1).
+MapHeads = Callable[[Path, list[tuple[int, int]], np.ndarray, TextspanOptions], list[tuple[dict, TextspanResult]]]
+
+
+def textspan_head(run_dir: Path, layer: int, head: int, text_emb: np.ndarray, k: int,
+                  rank: int) -> tuple[dict, TextspanResult]:
+    """One head from its own files: its summary row (mean, principal direction) and TEXTSPAN, from one Gram."""
+    stats = head_stats(run_dir, layer, head)
+    return derived.summary_row(layer, head, stats), textspan_from_stats(stats, text_emb, k=k, rank=rank)
+
+
+def local_heads(run_dir: Path, heads: list[tuple[int, int]], text_emb: np.ndarray,
+                opts: TextspanOptions) -> list[tuple[dict, TextspanResult]]:
+    """``MapHeads`` in this process, head after head."""
+    return [textspan_head(run_dir, layer, head, text_emb, opts.k, opts.rank)
+            for layer, head in tqdm(heads, desc="textspan", unit="head", disable=not opts.progress,
+                                    dynamic_ncols=True)]
+
+
+def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, force: bool = False,
+                 map_heads: MapHeads | None = None) -> bool:
+    """Compute and write the stage; False when it was already current.
+
+    ``map_heads`` computes the heads (None: ``local_heads``, here); the tables are written here either way."""
     run_dir = Path(run_dir)
     manifest = verify.require(run_dir, "decompose", f"clip-interpret decompose --out {run_dir} ...")
     pool = load_pool(opts.pool)
@@ -83,10 +107,9 @@ def run_textspan(loaded: LoadedModel, run_dir: Path, opts: TextspanOptions, forc
     spans: dict[str, list] = {name: [] for name in schema.HEAD_SPANS.names}
     heads = heads_of(manifest)
     summaries = []  # each head's mean and principal direction, from the same statistics (precompute/derived.py)
-    for layer, head in tqdm(heads, desc="textspan", unit="head", disable=not opts.progress, dynamic_ncols=True):
-        stats = head_stats(run_dir, layer, head)
-        summaries.append(derived.summary_row(layer, head, stats))
-        result = textspan_from_stats(stats, text_emb, k=opts.k, rank=opts.rank)
+    for (layer, head), (summary, result) in zip(heads, (map_heads or local_heads)(run_dir, heads, text_emb, opts),
+                                                strict=True):
+        summaries.append(summary)
         _append_picks(rows, layer, head, result, pool)
         _append_span(spans, layer, head, result)
     store.write_table_atomic(run_dir / schema.HEAD_SPANS_FILE, pa.Table.from_pydict(spans, schema=schema.HEAD_SPANS))

@@ -128,6 +128,57 @@ def test_the_ray_data_path_writes_the_same_tables_too(local_ray, tmp_path):
     assert_same_run(tmp_path / "local", tmp_path / "data")
 
 
+def test_run_under_ray_computes_textspan_as_one_task_per_head_and_writes_the_local_tables(local_ray, tmp_path,
+                                                                                             monkeypatch):
+    """`run --engine ray`: the textspan stage's heads are Ray tasks (the session counts them), and head_texts,
+    head_spans and head_summary (every other table too) equal a local `run`'s."""
+    from precompute import engine_ray
+
+    folder = make_image_folder(tmp_path / "images", per_class=7, bad_files=False)
+    common = [*TINY, "--images", folder, "--chunk-size", 4, "--k", 6]
+    invoke("run", *common, "--out", tmp_path / "local" / "run")  # one folder name: model_scores holds it
+    sessions = []
+    real = engine_ray.RaySession.map_heads
+
+    def counted(self, run_dir, heads, text_emb, opts):
+        sessions.append(self)
+        return real(self, run_dir, heads, text_emb, opts)
+
+    monkeypatch.setattr(engine_ray.RaySession, "map_heads", counted)
+    invoke("run", *common, "--out", tmp_path / "ray" / "run", "--engine", "ray")
+    assert [s.head_tasks for s in sessions] == [12]  # test-tiny: 3 layers x 4 heads, one task each
+    for name in (schema.HEAD_TEXTS_FILE, schema.HEAD_SPANS_FILE, schema.HEAD_SUMMARY_FILE):
+        local, ray = (pq.read_table(tmp_path / r / "run" / name) for r in ("local", "ray"))
+        assert local.num_rows > 0 and local.equals(ray, check_metadata=True), name
+    assert_same_run(tmp_path / "local" / "run", tmp_path / "ray" / "run")
+
+
+def test_a_textspan_task_that_fails_raises_its_error_in_the_driver_as_the_local_loop_does(local_ray, tmp_path):
+    """A head with no parts fails in its task; the driver raises the task's RunDirError (one line for the CLI),
+    the same error as ``local_heads``."""
+    import numpy as np
+
+    from precompute.engine_ray import RaySession
+    from precompute.errors import RunDirError
+    from precompute.pipeline import DecomposeRequest
+    from precompute.stage_decompose import run_decompose
+    from precompute.stage_textspan import TextspanOptions, local_heads
+
+    folder = make_image_folder(tmp_path / "images", per_class=3, bad_files=False)
+    req = DecomposeRequest("test-tiny", folder, out=tmp_path / "run", random_init=True, device="cpu")
+    loaded = req.load()
+    run_decompose(loaded, req.options(progress=False))
+    heads = [(2, 3), (7, 0)]  # test-tiny has layers 0-2: layer 7 has no parts
+    texts = np.eye(5, loaded.info.embed_dim, dtype=np.float32)  # [m, D]: the error comes before any use
+    opts = TextspanOptions("unused", k=2, progress=False)
+    with pytest.raises(RunDirError) as here:
+        local_heads(tmp_path / "run", heads, texts, opts)
+    with RaySession() as session, pytest.raises(RunDirError) as there:
+        session.map_heads(tmp_path / "run", heads, texts, opts)
+    assert session.head_tasks == 2
+    assert str(there.value) == str(here.value) and "no head vectors for layer 7 head 0" in str(here.value)
+
+
 def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engine_does(local_ray, tmp_path):
     folder = make_image_folder(tmp_path / "images", per_class=3, bad_files=False)
     (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # in the middle of a chunk
