@@ -58,6 +58,7 @@ ATTRIBUTES_FILE = "attributes.parquet"  # in a probe folder, not a run folder: g
 
 # The order they run in; each depends on the one before. ``ablate`` is opt-in (`run --ablate`, `ablate`).
 STAGES = ("decompose", "textspan", "label", "score", "ablate")
+OPT_IN_STAGES = ("ablate",)  # redone by a repair only where the run has them
 # What each stage writes (head parts: every file under HEAD_VECTORS_DIR); the manifest's ``files`` records
 # them and precompute/verify.py checks them.
 STAGE_FILES = {

@@ -277,6 +277,8 @@ def run_command(run_dir: Path, manifest: dict) -> str:
     pool = (stages.get("textspan") or {}).get("pool")
     if pool:
         args += ["--pool", str(pool)]
+    if "ablate" in stages:
+        args += ["--ablate"]
     return shlex.join(args + ["--out", str(run_dir)])
 
 
@@ -294,4 +296,6 @@ def repair_command(run_dir: Path, manifest: dict, stages: list[str]) -> str:
     if not stages or "decompose" in stages:
         return run_command(run_dir, manifest)
     first = schema.STAGES.index(stages[0])
-    return " && ".join(stage_command(run_dir, manifest, s) for s in schema.STAGES[first:])
+    had = manifest.get("stages") or {}
+    redo = [s for s in schema.STAGES[first:] if s == stages[0] or s not in schema.OPT_IN_STAGES or s in had]
+    return " && ".join(stage_command(run_dir, manifest, s) for s in redo)

@@ -198,3 +198,17 @@ def test_a_later_stage_on_damaged_input_names_the_file_and_the_repair_not_a_trac
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and PART in errors[0] and "repair it with `clip-interpret run --model test-tiny" in errors[0]
+
+
+def test_a_repair_redoes_the_opt_in_ablate_stage_only_where_the_run_has_it(tmp_path):
+    from precompute import verify
+
+    plain = {"model": {"architecture": "toy-s"}, "images": {"root": "/probe"},
+             "stages": {s: {"key": "k"} for s in ("decompose", "textspan", "label", "score")}}
+    ablated = {**plain, "stages": {**plain["stages"], "ablate": {"key": "k"}}}
+    assert verify.repair_command(tmp_path, plain, ["label"]) == \
+        f"clip-interpret label --out {tmp_path} && clip-interpret score --out {tmp_path}"
+    assert verify.repair_command(tmp_path, ablated, ["label"]).endswith(f"clip-interpret ablate --out {tmp_path}")
+    assert verify.repair_command(tmp_path, ablated, ["ablate"]) == f"clip-interpret ablate --out {tmp_path}"
+    assert "--ablate" in verify.repair_command(tmp_path, ablated, ["decompose"])
+    assert "--ablate" not in verify.repair_command(tmp_path, plain, ["decompose"])
