@@ -1,6 +1,8 @@
 """Screenshots of every dashboard page over the shipped toy runs, for the README.
 
-Run from the repository after the README's main command has written runs/toy-{s,m,l}:
+Run from the repository after the README's main command has written runs/toy-{s,m,l}, and
+`clip-interpret ablate --out runs/toy-s` and `clip-interpret compare --run runs/toy-m --run runs/toy-l` have
+ablated and compared them (the Ablations and Compare pages show those):
 
     .venv/bin/python docs/screenshots.py [--data-dir runs] [--out docs/screenshots]
 
@@ -23,10 +25,11 @@ from tests.e2e import test_browser as tb  # noqa: E402
 
 # (file name, url path, query params, text the page must show); toy-l, image 0 is a circle on the probe set.
 PAGES = [
-    ("rankings", "", {"run": "toy-l"}, "Heads by property"),
+    ("rankings", "rankings", {"run": "toy-l"}, "Heads by property"),
     ("head", "head", {"run": "toy-l", "layer": "6", "head": "1", "t": "a checkered pattern", "maps": "1"},
      "Test the head"),
-    ("head-grid", "head-grid", {"run": "toy-l", "img": "0", "t": "a checkered pattern"}, "Most active along"),
+    ("head-grid", "head-grid", {"run": "toy-l", "img": "0", "t": "a checkered pattern"},
+     "Which heads respond most"),
     ("image", "image", {"run": "toy-l", "img": "0", "maps": "1"}, "Its strongest heads"),
     ("search", "search", {"run": "toy-l", "q": "stripes"}, "Closest in meaning"),
     ("property-neighbours", "property-neighbours", {"run": "toy-l", "img": "0", "k": "8"}, "nearest images by"),
@@ -38,6 +41,8 @@ PAGES = [
      "nearest images by L6.H1"),
     ("text-neighbours", "text-neighbours", {"run": "toy-l", "t": "a dotted background", "layer": "6", "head": "1"},
      "writes most toward"),
+    ("ablations", "ablations", {"run": "toy-s"}, "Per group"),  # after `clip-interpret ablate --out runs/toy-s`
+    ("compare", "compare", {"run": "toy-m", "other": "toy-l"}, "Each head's best match"),  # after `compare`
     ("sql", "sql", {"sql": "SELECT run, association, entanglement, label_agreement FROM model_scores ORDER BY run"},
      "3 rows"),
 ]

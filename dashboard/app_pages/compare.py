@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import ablationview as av
-from dashboard import data, widgets
+from dashboard import data, urlstate, widgets
 from precompute.labels import MIXED, head_name
 
 ctx = widgets.run_page("Compare models", needs="decompose")
@@ -15,8 +15,10 @@ if not others:
     st.info("Only one run is here: compare needs a second run over the same probe images.")
     st.stop()
 default = next((n for n in others if n in matched), others[0])
-other = st.selectbox("Compare with", others, index=others.index(default), key="compare.other",
-                     format_func=lambda n: n + ("" if n in matched else "  (not compared yet)"))
+urlstate.seed("compare.other", "other", valid=lambda v: v in others)
+st.session_state.setdefault("compare.other", default)
+other = urlstate.selectbox("Compare with", others, key="compare.other", param="other",  # permalink ``other``
+                           format_func=lambda n: n + ("" if n in matched else "  (not compared yet)"))
 pairs = av.matches(ctx.con, ctx.name, other)
 overview = {n: f.to_pandas() for n, f in widgets.each_run(ctx.cat, data.head_overview).items()}
 
