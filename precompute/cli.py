@@ -121,7 +121,7 @@ Workers = Annotated[Optional[int], typer.Option(
     help="Image-decoding worker processes (0 decodes in the main process). Default: every core on a GPU, 1 on the CPU.")]
 ChunkSize = Annotated[int, typer.Option(help="Images per resumable chunk: a crash loses at most one chunk of work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Engine = Annotated[str, typer.Option(help="local (this process) or ray (decomposition actors on a Ray instance or cluster; needs pip install -e '.\\[ray]').")]
+Engine = Annotated[str, typer.Option(help="local (this process) or ray (on a Ray instance or cluster: decomposition actors, and one textspan task per head; needs pip install -e '.\\[ray]').")]
 RayAddress = Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join ('auto' for the one `ray start --head` started here, or ray://HOST:10001). Default: start a local instance for this command.")]
 Models = Annotated[Optional[Path], typer.Option(help="A CSV or YAML of models (columns model, pretrained, images, out; the last three may be empty), or a shipped list: study, vit_zoo. One run each, as a single `run` would write it.")]
 RunDir = Annotated[Path, typer.Option("--out", help="The run folder (written by `decompose` or `run`).")]
@@ -291,12 +291,13 @@ def _done(stage: str, ran: bool, out: Path) -> None:
 @handle_errors
 @option_groups
 def textspan(out: RunDir, flags: TextspanFlags = TextspanFlags(), device: Device = "auto", force: Force = False,
-             quiet: Quiet = False):
+             quiet: Quiet = False, engine: Engine = "local", ray_address: RayAddress = None):
     """Name every analysed head with TEXTSPAN: embed the pool once, write texts and head_texts."""
     from precompute import pipeline
 
     _quiet_libraries()
-    _done("textspan", pipeline.textspan(out, flags.pool, flags.k, flags.rank, device, force, not quiet), out)
+    _done("textspan", pipeline.textspan(out, flags.pool, flags.k, flags.rank, device, force, not quiet, engine,
+                                        ray_address), out)
 
 
 @app.command()

@@ -11,6 +11,8 @@ folder themselves, which must therefore be a path every node of the cluster sees
 Two ways to drive the actors, measured side by side by ``benchmarks/ray_engine.py``: plain actors over chunks
 (``ActorPool``, the default) and a Ray Data ``map_batches`` over the chunk list with the same stateful actor class.
 
+The textspan stage's heads run here too, one task per head (``RaySession.map_heads``, docs/design.md section 9.1).
+
 Ray is optional (``pip install -e '.[ray]'``) and imported only here, only when the Ray engine is chosen.
 """
 

@@ -263,11 +263,15 @@ def decompose(req: DecomposeRequest, progress: bool = True) -> DecomposeSummary:
 
 
 def textspan(run_dir: Path, pool: str | None = None, k: int = DEFAULT_K, rank: int = DEFAULT_RANK,
-             device: str = "auto", force: bool = False, progress: bool = True) -> bool:
-    """`clip-interpret textspan` on a run: its own model, and the model's pool unless one is given."""
+             device: str = "auto", force: bool = False, progress: bool = True, engine_name: str = "local",
+             ray_address: str | None = None) -> bool:
+    """`clip-interpret textspan` on a run: its own model, and the model's pool unless one is given; with the Ray
+    engine, one task per head."""
+    check_engine(engine_name, ray_address)
     loaded = loaded_for_run(run_dir, device)
     opts = TextspanOptions(pool or default_pool(loaded.spec.architecture), k, rank, progress=progress)
-    return run_textspan(loaded, run_dir, opts, force)
+    with engine(engine_name, ray_address) as session:
+        return run_textspan(loaded, run_dir, opts, force, None if session is None else session.map_heads)
 
 
 def score(run_dir: Path, opts: ScoreOptions, device: str = "auto", force: bool = False,

@@ -131,7 +131,7 @@ def test_the_ray_data_path_writes_the_same_tables_too(local_ray, tmp_path):
 def test_run_under_ray_computes_textspan_as_one_task_per_head_and_writes_the_local_tables(local_ray, tmp_path,
                                                                                              monkeypatch):
     """`run --engine ray`: the textspan stage's heads are Ray tasks (the session counts them), and head_texts,
-    head_spans and head_summary (every other table too) equal a local `run`'s."""
+    head_spans and head_summary (every other table too) equal a local `run`'s; so does `textspan --engine ray`."""
     from precompute import engine_ray
 
     folder = make_image_folder(tmp_path / "images", per_class=7, bad_files=False)
@@ -150,6 +150,10 @@ def test_run_under_ray_computes_textspan_as_one_task_per_head_and_writes_the_loc
     for name in (schema.HEAD_TEXTS_FILE, schema.HEAD_SPANS_FILE, schema.HEAD_SUMMARY_FILE):
         local, ray = (pq.read_table(tmp_path / r / "run" / name) for r in ("local", "ray"))
         assert local.num_rows > 0 and local.equals(ray, check_metadata=True), name
+    assert_same_run(tmp_path / "local" / "run", tmp_path / "ray" / "run")
+    # `textspan --engine ray` alone, on the local run: the same tasks, the same tables
+    invoke("textspan", "--out", tmp_path / "local" / "run", "--k", 6, "--force", "--quiet", "--engine", "ray")
+    assert [s.head_tasks for s in sessions] == [12, 12]
     assert_same_run(tmp_path / "local" / "run", tmp_path / "ray" / "run")
 
 
