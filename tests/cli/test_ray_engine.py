@@ -183,6 +183,37 @@ def test_a_textspan_task_that_fails_raises_its_error_in_the_driver_as_the_local_
     assert str(there.value) == str(here.value) and "no head vectors for layer 7 head 0" in str(here.value)
 
 
+def test_a_textspan_task_computes_with_the_thread_count_it_is_given(tmp_path):
+    """What a Ray worker runs for one head: the driver's torch thread count set first, then the local loop's head."""
+    import numpy as np
+    import torch
+
+    from precompute.engine_ray import _textspan_task
+    from precompute.pipeline import DecomposeRequest
+    from precompute.stage_decompose import run_decompose
+    from precompute.stage_textspan import TextspanOptions, local_heads
+
+    folder = make_image_folder(tmp_path / "images", per_class=3, bad_files=False)
+    req = DecomposeRequest("test-tiny", folder, out=tmp_path / "run", random_init=True, device="cpu")
+    loaded = req.load()
+    run_decompose(loaded, req.options(progress=False))
+    texts = np.random.default_rng(0).standard_normal((9, loaded.info.embed_dim)).astype(np.float32)  # [m, D]
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the "driver" computes on one thread
+        (expected,) = local_heads(tmp_path / "run", [(1, 2)], texts, TextspanOptions("unused", k=3, rank=4,
+                                                                                     progress=False))
+        torch.set_num_threads(2)  # the worker starts with another count; the task is given the driver's
+        summary, result = _textspan_task(str(tmp_path / "run"), 1, 2, texts, 3, 4, 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert summary.keys() == expected[0].keys()
+    assert all(np.array_equal(summary[k], expected[0][k]) for k in summary)
+    assert np.array_equal(result.picks, expected[1].picks) and np.array_equal(result.basis, expected[1].basis)
+
+
 def test_a_bad_image_is_skipped_by_the_worker_with_its_reason_as_the_local_engine_does(local_ray, tmp_path):
     folder = make_image_folder(tmp_path / "images", per_class=3, bad_files=False)
     (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # in the middle of a chunk
