@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class RayOptions:
     threads: int | None = None  # torch threads per CPU actor; None: the cluster's CPUs shared among the actors
 
 
+RESTORED_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # handlers ray.init installs in the driver, put back on exit
+
+
 class RaySession(contextlib.AbstractContextManager):
     """A connection to Ray for one command: started (or joined) on enter, shut down on exit, whatever happened.
 
@@ -91,9 +95,11 @@ class RaySession(contextlib.AbstractContextManager):
                                       runtime_env={"env_vars": env})
         if self.opts.address is None:
             kwargs |= dict(num_cpus=self.opts.num_cpus, include_dashboard=False)
+        self._handlers = {sig: signal.getsignal(sig) for sig in RESTORED_SIGNALS}  # ray.init installs its own
         try:
             ray.init(address=self.opts.address, **kwargs)
         except ConnectionError as e:
+            self._restore_handlers()
             raise InputError(f"--ray-address {self.opts.address}: cannot reach a Ray cluster there ({e}); "
                              "start one with `ray start --head`, or leave --ray-address out for a local one") from None
         self.ray, self.owned = ray, True
@@ -101,8 +107,19 @@ class RaySession(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc) -> None:
         if self.owned:
-            self.ray.shutdown()  # a local instance's processes go with it; a cluster keeps running
+            try:
+                self.ray.shutdown()  # a local instance's processes go with it; a cluster keeps running
+            finally:
+                self._restore_handlers()
         self.ray, self.owned = None, False
+
+    def _restore_handlers(self) -> None:
+        """Put back the signal handlers ray.init replaced: after the session, SIGTERM and SIGINT do in this
+        process (a notebook, a test run, the rest of a command) what they did before it."""
+        for sig, handler in getattr(self, "_handlers", {}).items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        self._handlers = {}
 
     def resources(self) -> dict[str, float]:
         return self.ray.cluster_resources()

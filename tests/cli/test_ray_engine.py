@@ -40,11 +40,14 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason=NEEDS_RAY)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():  # ray.init's handlers must not outlive the module (test_train's SIGTERM)
+            signal.signal(sig, handler)
 
 
 def tables(run: Path) -> dict[str, object]:
