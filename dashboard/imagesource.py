@@ -123,8 +123,11 @@ def image_picker(ctx: RunContext, prefix: str) -> QueryImage:
     return _upload(prefix)
 
 
-def live_model(ctx: RunContext, purpose: str) -> state.ModelBundle | None:
-    """The run's model, or None after an st.info saying why live analyses are off (browsing still works)."""
+def live_model(ctx: RunContext, purpose: str, text_only: bool = False) -> state.ModelBundle | None:
+    """The run's model, or None after an st.info saying why live analyses are off (browsing still works).
+
+    A toy model gets a note of what it knows: images or, for a page that only embeds texts (``text_only``), words.
+    """
     spec, why = state.model_spec(ctx.row)
     bundle = None
     if spec is not None:
@@ -134,10 +137,14 @@ def live_model(ctx: RunContext, purpose: str) -> state.ModelBundle | None:
                 "Everything precomputed still works: rankings, the head explorer, search by words, and "
                 "analyses 1 and 4 on dataset images.")
     elif toy_model(ctx):
-        st.caption(f":material/info: **{ctx.row.get('architecture')}** is a toy model: it was trained on the toy "
-                   f"world's {ctx.manifest.get('model', {}).get('image_size', 64)}-pixel synthetic scenes (shapes, "
-                   "colours, patterns, backgrounds) and knows nothing else. A real photo gives it nothing it was "
-                   "trained to read: expect its maps and neighbours to say little about such an image.")
+        size = ctx.manifest.get("model", {}).get("image_size", 64)
+        known = (f"was trained on the toy world's {size}-pixel synthetic scenes (shapes, colours, patterns, "
+                 "backgrounds) and their captions, and knows nothing else.")
+        beyond = ("A text outside that vocabulary gives it nothing it was trained to read: expect a ranking by "
+                  "meaning to say little about it." if text_only else
+                  "A real photo gives it nothing it was trained to read: expect its maps and neighbours to say "
+                  "little about such an image.")
+        st.caption(f":material/info: **{ctx.row.get('architecture')}** is a toy model: it {known} {beyond}")
     return bundle
 
 
@@ -148,8 +155,8 @@ def toy_model(ctx: RunContext) -> bool:
     return model_defaults(str(ctx.row.get("architecture") or "")).probe == TOY_WORLD.probe
 
 
-def require_model(ctx: RunContext, purpose: str) -> state.ModelBundle:
-    bundle = live_model(ctx, purpose)
+def require_model(ctx: RunContext, purpose: str, text_only: bool = False) -> state.ModelBundle:
+    bundle = live_model(ctx, purpose, text_only)
     if bundle is None:
         st.stop()
     return bundle

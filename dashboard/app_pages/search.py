@@ -54,7 +54,7 @@ else:
     open_head_from(words, "search.words")
 
 st.markdown("#### Closest in meaning")
-bundle = imagesource.live_model(ctx, "searching by meaning")
+bundle = imagesource.live_model(ctx, "searching by meaning", text_only=True)
 if bundle is not None:
     frame, emb = state.text_table(ctx.cat, ctx.name)
     query = state.text_embedding(bundle, q)

@@ -7,7 +7,7 @@ from precompute import analysis
 from precompute.labels import head_name
 
 ctx = widgets.run_page("5 · Text neighbours, per head", needs="decompose")
-bundle = imagesource.require_model(ctx, "embedding a text")
+bundle = imagesource.require_model(ctx, "embedding a text", text_only=True)
 
 left, right = st.columns(2, gap="large")
 with left:

@@ -107,7 +107,10 @@ def test_live_pages_say_when_the_model_is_a_toy_model(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "runs"))
     at = open_page("topic_map", run="toy", img=0)
     no_exceptions(at)
-    assert "is a toy model" in all_text(at)
+    assert "is a toy model" in all_text(at) and "A real photo" in all_text(at)
+    at = open_page("search", run="toy", q="a red shape")
+    no_exceptions(at)
+    assert "is a toy model" in all_text(at) and "outside that vocabulary" in all_text(at)  # words, not photos
 
 
 # --------------------------------------------------------------------------- readability
