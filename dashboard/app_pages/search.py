@@ -5,7 +5,6 @@ import streamlit as st
 from dashboard import data, imagesource, state, urlstate, widgets
 from precompute import headsearch
 from dashboard.widgets import open_head
-from precompute.labels import head_name
 
 
 def open_head_from(frame, key: str) -> None:
@@ -16,7 +15,8 @@ def open_head_from(frame, key: str) -> None:
     if event and event.selection.rows:
         open_head(ctx.name, *heads[event.selection.rows[0]])
     left, right = st.columns([3, 1], vertical_alignment="bottom")
-    pick = left.selectbox("Open", heads, key=f"{key}.pick", format_func=lambda c: head_name(*c))
+    named = widgets.head_labels_of(ctx)
+    pick = left.selectbox("Open", heads, key=f"{key}.pick", format_func=lambda c: widgets.head_choice(*c, named))
     if right.button("Open in the head explorer", key=f"{key}.go"):
         open_head(ctx.name, *pick)
 
