@@ -276,7 +276,14 @@ def textspan(run_dir: Path, pool: str | None = None, k: int = DEFAULT_K, rank: i
 
 def score(run_dir: Path, opts: ScoreOptions, device: str = "auto", force: bool = False,
           note: Callable[[str], None] = print) -> bool:
-    """`clip-interpret score` on a run; where its model cannot be loaded, zero-shot is skipped with a note."""
+    """`clip-interpret score` on a run; where its model cannot be loaded, zero-shot is skipped with a note.
+
+    The model is loaded only for zero-shot accuracy, which needs class labels: a probe set without them (a flat
+    folder) is scored from the run's files alone, without the 0.3-1.7 GB of a loaded ViT.
+    """
+    manifest = store.read_manifest(Path(run_dir)) or {}
+    if not (manifest.get("images") or {}).get("labelled"):
+        return run_score(run_dir, opts, None, force)
     try:
         loaded = loaded_for_run(run_dir, device)
     except RunDirError as e:
