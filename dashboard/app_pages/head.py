@@ -4,7 +4,7 @@ links into every analysis; and a way to correct the label."""
 
 import streamlit as st
 
-from dashboard import ablationview, headview, widgets
+from dashboard import ablationview, headprobe, headview, widgets
 
 ctx = widgets.run_page("Head explorer", needs="decompose")
 
@@ -33,11 +33,11 @@ with right:
     ablationview.head_effect(ctx, layer, head)  # what removing it does, and its best matches in other runs
 
 st.markdown("### Along the head's direction")
-m = headview.head_matrix(ctx, layer, head)
-d = headview.direction(ctx, m, layer, head, picks)
+m = headprobe.head_matrix(ctx, layer, head)
+d = headprobe.direction(ctx, m, layer, head, picks)
 hist = st.empty()  # redrawn by the test box with its marks
-hist.altair_chart(headview.histogram(d), width="stretch")
-top_ids = headview.images_section(ctx, m, d, layer, head)
-live = headview.LiveModel(ctx)  # loaded only when a section needs it
-headview.maps_section(ctx, live, d, layer, head, top_ids)
-headview.test_section(ctx, live, m, d, layer, head, hist)
+hist.altair_chart(headprobe.histogram(d), width="stretch")
+top_ids = headprobe.images_section(ctx, m, d, layer, head)
+live = headprobe.LiveModel(ctx)  # loaded only when a section needs it
+headprobe.maps_section(ctx, live, d, layer, head, top_ids)
+headprobe.test_section(ctx, live, m, d, layer, head, hist)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dashboard import data, headview
+from dashboard import data, headprobe
 from dashboard.settings import ENV_DATA_DIR
 from precompute import schema
 from precompute.textenc import encode_texts
@@ -62,7 +62,7 @@ def test_top_and_bottom_images_are_paged_along_the_principal_direction(many):
     order = ids[np.argsort(-principal(vectors)[1], kind="stable")]
     at = open_page("head", run="many", layer=3, head=1, dir="pc")
     no_exceptions(at)
-    per = headview.PER_PAGE
+    per = headprobe.PER_PAGE
     assert grid_ids(at, 0, per) == order[:per].tolist()  # top, best first
     assert grid_ids(at, per, per) == order[::-1][:per].tolist()  # bottom, lowest first
     widget(at, "number_input", "head.page").set_value(2).run()
@@ -156,7 +156,7 @@ def test_an_uploaded_image_lands_where_the_same_dataset_image_does(app, con, run
 
 def test_patch_maps_of_the_first_top_images(app, con):
     ids, vectors = data.head_vectors(con, "tiny", 2, 1)
-    top = ids[np.argsort(-principal(vectors)[1], kind="stable")][:headview.MAPS].tolist()
+    top = ids[np.argsort(-principal(vectors)[1], kind="stable")][:headprobe.MAPS].tolist()
     at = app("head", run="tiny", layer=2, head=1, dir="pc")
     assert not [c for img in at.image for c in img.captions if re.fullmatch(r"#\d+", c)]  # off until asked
     widget(at, "toggle", "head.maps").set_value(True).run()
