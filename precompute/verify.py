@@ -59,14 +59,34 @@ class Health:
     def damaged_paths(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.path for p in self.problems))
 
+    @property
+    def unfinished(self) -> list[str]:
+        """Stages the manifest records as started but not done, in pipeline order: the run is still being made,
+        or was interrupted (rerunning the same command resumes it). Not damage: what is there is intact."""
+        stages = (self.manifest or {}).get("stages")
+        if not isinstance(stages, dict):
+            return []
+        return [s for s in schema.STAGES if isinstance(stages.get(s), dict) and stages[s].get("done") is not True]
+
+    def resume_command(self) -> str:
+        """The command that finishes an unfinished run ('' when every started stage is done)."""
+        return repair_command(self.run_dir, self.manifest or {}, self.unfinished) if self.unfinished else ""
+
     def summary(self) -> str:
-        """One line: 'healthy (1,234 files checked)' or '3 damaged files: a, b, c'."""
+        """One line: 'healthy (1,234 files checked)', 'incomplete: ...' or '3 damaged files: a, b, c'."""
         note = "" if self.recorded else "; the run predates checksums, so only footers and coverage were checked"
+        if self.ok and self.unfinished:
+            names = ", ".join(self.unfinished)
+            return (f"incomplete: the {names} stage{'s' if len(self.unfinished) > 1 else ''} did not finish (still "
+                    f"running, or interrupted); what is written is intact ({self._checked()}{note})")
         if self.ok:
-            return f"healthy ({self.checked:,} files checked{note})"
+            return f"healthy ({self._checked()}{note})"
         paths = self.damaged_paths
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3:,} more" if len(paths) > 3 else "")
         return f"{len(paths):,} damaged file{'s' if len(paths) != 1 else ''}: {shown}{note}"
+
+    def _checked(self) -> str:
+        return f"{self.checked:,} file{'s' if self.checked != 1 else ''} checked"
 
     def stages(self) -> list[str]:
         """The stages whose output is damaged, in pipeline order."""

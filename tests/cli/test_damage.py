@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from precompute import verify
+from precompute import schema, verify
 from tests.cli.test_faults import TINY, _tables, clip_interpret
 from tests.conftest import make_image_folder
 
@@ -212,3 +212,20 @@ def test_a_repair_redoes_the_opt_in_ablate_stage_only_where_the_run_has_it(tmp_p
     assert verify.repair_command(tmp_path, ablated, ["ablate"]) == f"clip-interpret ablate --out {tmp_path}"
     assert "--ablate" in verify.repair_command(tmp_path, ablated, ["decompose"])
     assert "--ablate" not in verify.repair_command(tmp_path, plain, ["decompose"])
+
+
+@pytest.mark.parametrize("stage, resumes_with", [("decompose", "clip-interpret run --model test-tiny"),
+                                                 ("textspan", "clip-interpret textspan --out")])
+def test_an_unfinished_run_is_incomplete_not_healthy_and_verify_names_the_command_that_resumes_it(
+        made, tmp_path, stage, resumes_with):
+    _, clean = made
+    run = _copy(clean, tmp_path)
+    manifest = json.loads((run / schema.MANIFEST).read_text())
+    manifest["stages"][stage]["done"] = False  # as a run killed during the stage leaves it
+    (run / schema.MANIFEST).write_text(json.dumps(manifest))
+    done = clip_interpret("verify", "--quick", str(run))
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"incomplete: the {stage} stage did not finish" in done.stdout and "healthy" not in done.stdout
+    resume = next(line for line in done.stdout.splitlines() if line.startswith("resume: "))
+    assert resumes_with in resume
+    assert clip_interpret("verify", "--quick", str(clean)).returncode == 0  # a finished run stays healthy
