@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from dashboard.rundirs import discover_runs
 from dashboard.views import VIEW_SCHEMAS, create_views
-from precompute import derived, overrides, schema, store
+from precompute import derived, overrides, rundata, schema, store
 from precompute.errors import InputError, InterpretError
 
 # What reading a damaged file raises: DuckDB's "No magic bytes found", "too small to be a Parquet file",
@@ -283,25 +283,16 @@ def image_meta(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:
     return _run_table(con, run, "images", IMAGE_META_SQL, columns=["image_id", "path", "label", "width", "height"])
 
 
-GROUND_TRUTH_SKIP = ("path", "image_id", "caption")  # attributes.parquet columns that are not short categories
-
-
 def image_attributes(con: duckdb.DuckDBPyConnection, run: str):
-    """image_id and the probe set's ground-truth attributes (shape, color, ...) of every image of the run, a frame;
-    None when the probe folder has no ``attributes.parquet`` (``store.probe_attributes_file``)."""
-    path = store.probe_attributes_file(json.loads(run_info(con, run)["manifest"]))
-    if path is None:
-        return None
+    """image_id and the probe set's ground-truth attributes (shape, color, ...) of every image of the run, a frame
+    (``rundata.attributes_frame``, what the CLI and notebooks read too); None when the probe set has none."""
+    info = run_info(con, run)
+    manifest = json.loads(info["manifest"])
     try:
-        table = pq.read_table(path)
+        return rundata.attributes_frame(manifest, image_meta(con, run).to_pandas())
     except (OSError, pa.ArrowException) as e:
-        raise DamagedFileError(run, run_info(con, run)["path"], str(path), str(e).splitlines()[0]) from None
-    if "path" not in table.column_names:
-        return None
-    keep = [c for c in table.column_names if c not in GROUND_TRUTH_SKIP]
-    frame = table.select(["path", *keep]).to_pandas()
-    meta = image_meta(con, run).select(["image_id", "path"]).to_pandas()
-    return meta.merge(frame, on="path", how="inner")[["image_id", *keep]]
+        path = str(store.probe_attributes_file(manifest))
+        raise DamagedFileError(run, info["path"], path, str(e).splitlines()[0]) from None
 
 
 def texts(con: duckdb.DuckDBPyConnection, run: str) -> pa.Table:

@@ -338,24 +338,11 @@ def covered_row(ctx: RunContext, m: state.HeadMatrix, image_id: int, what: str) 
     return row
 
 
-def with_ground_truth(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` (with image_id) plus the probe set's ground-truth attributes after ``label``, where it has them."""
-    truth = state.attribute_table(ctx.cat, ctx.name)
-    if truth is None or frame.empty:
-        return frame
-    merged = frame.merge(truth, on="image_id", how="left")
-    cols = list(frame.columns)
-    at = cols.index("label") + 1 if "label" in cols else len(cols)
-    extra = [c for c in truth.columns if c != "image_id" and c not in cols]
-    return merged[cols[:at] + extra + cols[at:]]
-
-
 def show_neighbours(ctx: RunContext, frame: pd.DataFrame, file_stem: str, key: str) -> None:
     """Result thumbnails, the table (with the probe set's ground truth and a link to each image's page), and
     its CSV download."""
     captions = [f"#{r.image_id} · {r.label or ''} · {r.score:.3g}" for r in frame.itertuples()]
     thumbnail_grid(ctx, frame["image_id"], captions)
-    frame = with_ground_truth(ctx, frame)
     shown = frame.assign(image=[image_link(ctx.name, i) for i in frame["image_id"]])
     st.dataframe(shown, hide_index=True, width="stretch", column_config={
         "image": st.column_config.LinkColumn("image", display_text="open", help="the image's page"),

@@ -39,6 +39,15 @@ class ImageTerms:
         return self.heads[self.layers.index(layer), head]  # [D]
 
 
+def attributes_frame(manifest: dict, images: pd.DataFrame) -> pd.DataFrame | None:
+    """image_id and one column per ground-truth attribute of the probe set (``stage_score.load_attributes``: the
+    categorical columns of its attributes.parquet) for the run's ``images`` (image_id, path); None without one."""
+    from precompute.stage_score import load_attributes
+
+    found = load_attributes(store.probe_attributes_file(manifest), images["path"].tolist())
+    return pd.DataFrame({"image_id": images["image_id"].to_numpy(), **found}) if found else None
+
+
 def open_run(path: str | Path) -> "RunData":
     """The run folder at ``path``; InputError when it is not one."""
     path = Path(path)
@@ -92,10 +101,7 @@ class RunData:
     @cached_property
     def attributes(self) -> pd.DataFrame | None:
         """Ground truth of the probe set (image_id and one column per attribute), or None when it has none."""
-        from precompute.stage_score import load_attributes
-
-        found = load_attributes(store.probe_attributes_file(self.manifest), self.images["path"].tolist())
-        return pd.DataFrame({"image_id": self.images["image_id"], **found}) if found else None
+        return attributes_frame(self.manifest, self.images)
 
     @cached_property
     def labels(self) -> pd.DataFrame:

@@ -8,9 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, imagesource, overlay, state, urlstate, widgets
-from precompute import analysis
+from precompute import analysis, store
 from precompute.labels import head_name
-from precompute.stage_score import ScoreOptions, attributes_path, load_attributes
 
 ctx = widgets.run_page("Image", needs="decompose")
 q = imagesource.image_picker(ctx, "image")
@@ -21,8 +20,10 @@ if q.is_dataset:
     row = meta[meta["image_id"] == q.image_id].iloc[0]
     facts = {"image id": str(q.image_id), "path": row["path"], "folder label": row["label"] or "–",
              "file size (px)": f"{row['width']}x{row['height']}"}
-    attrs_file = attributes_path(ctx.manifest, ScoreOptions())
-    attrs = {k: v[0] for k, v in load_attributes(attrs_file, [row["path"]]).items()} if attrs_file else {}
+    truth = state.attribute_table(ctx.cat, ctx.name)  # cached per run: read once, not on every rerun
+    found = truth[truth["image_id"] == q.image_id] if truth is not None else None
+    attrs = found.iloc[0].drop("image_id").to_dict() if found is not None and not found.empty else {}
+    attrs_file = store.probe_attributes_file(ctx.manifest)
     st.markdown("#### Attributes")
     st.dataframe(pd.DataFrame({"attribute": list(facts) + list(attrs),
                                "value": list(facts.values()) + [str(v) for v in attrs.values()]}),

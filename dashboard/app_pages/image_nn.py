@@ -29,7 +29,8 @@ else:
     bundle = imagesource.require_model(ctx, "an uploaded image")
     query = imagesource.live_image(ctx, bundle, q).head_vector(layer, head)  # [D]
 ids, scores = analysis.neighbours(m, query, k, sim, exclude=exclude)
-frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name),
+                                  state.attribute_table(ctx.cat, ctx.name), run=ctx.name,
                                   layer=layer, head=head, query=q.name, similarity=sim)
 st.markdown(f"#### {len(frame)} nearest images by {head_name(layer, head)}"
             + (" (the query image itself left out)" if exclude is not None else ""))

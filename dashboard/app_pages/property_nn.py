@@ -38,7 +38,8 @@ else:
     li = imagesource.live_image(ctx, bundle, q)
     query = analysis.mean_vector([li.head_vector(l, h) for l, h in heads])  # [D]
 ids, scores = analysis.neighbours(m, query, k, sim, exclude=exclude)
-frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name),
+                                  state.attribute_table(ctx.cat, ctx.name), run=ctx.name,
                                   property=prop, query=q.name, similarity=sim)
 st.markdown(f"#### {len(frame)} nearest images by the **{prop}** heads"
             + (" (the query image itself left out)" if exclude is not None else ""))

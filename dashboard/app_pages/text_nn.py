@@ -28,7 +28,8 @@ query = state.text_embedding(bundle, text)  # [D], normalised
 m = state.head_matrix(ctx.cat, ctx.name, layer, head)
 widgets.coverage_note(ctx, m, head_name(layer, head))
 ids, scores = analysis.neighbours(m, query, k, sim, text=True)
-frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name), run=ctx.name,
+frame = analysis.neighbours_frame(ids, scores, state.image_table(ctx.cat, ctx.name),
+                                  state.attribute_table(ctx.cat, ctx.name), run=ctx.name,
                                   layer=layer, head=head, text=text, similarity=sim)
 st.markdown(f"#### {len(frame)} images {head_name(layer, head)} writes most toward “{text}”")
 widgets.show_neighbours(ctx, frame, f"text-neighbours_{head_name(layer, head)}", key="tnn")
